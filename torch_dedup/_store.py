@@ -1,0 +1,221 @@
+"""Self-describing, checksummed, pickle-free array files (sidecars and plans use this).
+
+Layout of a store file::
+
+    b"TORCHDEDUP-STORE"          16-byte magic
+    uint64 little-endian          length H of the JSON header
+    H bytes                       JSON header (UTF-8): kind, format version, meta, array table
+    32 bytes                      SHA-256 of the JSON header bytes
+    array data                    each array's raw little-endian bytes at its declared offset
+
+Each array entry states name, dtype (from a short allow-list: no object arrays), shape,
+offset, byte count and SHA-256. Reading checks the magic, header checksum, declared sizes
+against the real file size (so a hostile header cannot make us allocate absurd memory),
+and every array checksum; nothing is ever unpickled. Writing is atomic: a temp file in the
+target folder, fsync, ``os.replace``, fsync of the folder, and the temp file removed in
+``finally`` if anything failed — a crash leaves the old file or the new one, never half.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import tempfile
+from pathlib import Path
+from typing import Mapping
+
+import numpy as np
+
+from .errors import StoreError
+
+__all__ = ["FORMAT_VERSION", "atomic_write_bytes", "pack_strings", "read_store", "unpack_strings", "write_store"]
+
+MAGIC = b"TORCHDEDUP-STORE"
+FORMAT_VERSION = 1
+_MAX_HEADER = 64 * 1024 * 1024
+_ALIGN = 64
+_DTYPES = {
+    "bool": np.dtype(np.bool_),
+    "uint8": np.dtype("<u1"),
+    "int8": np.dtype("<i1"),
+    "uint16": np.dtype("<u2"),
+    "int16": np.dtype("<i2"),
+    "uint32": np.dtype("<u4"),
+    "int32": np.dtype("<i4"),
+    "uint64": np.dtype("<u8"),
+    "int64": np.dtype("<i8"),
+    "float32": np.dtype("<f4"),
+    "float64": np.dtype("<f8"),
+}
+
+
+def _dtype_name(arr: np.ndarray, name: str) -> str:
+    for key, dt in _DTYPES.items():
+        if arr.dtype == dt or (arr.dtype.kind == dt.kind and arr.dtype.itemsize == dt.itemsize):
+            return key
+    raise TypeError(f"array {name!r} has dtype {arr.dtype}, which a store file cannot hold; "
+                    f"allowed: {', '.join(_DTYPES)}")
+
+
+def atomic_write_bytes(path: str | os.PathLike, chunks) -> Path:
+    """Write an iterable of byte chunks to ``path`` atomically (temp file, fsync, replace)."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, "wb") as f:
+            for chunk in chunks:
+                f.write(chunk)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+        tmp = None
+        try:
+            dfd = os.open(path.parent, os.O_RDONLY)
+        except OSError:  # some filesystems do not allow opening a folder
+            return path
+        try:
+            os.fsync(dfd)
+        except OSError:
+            pass
+        finally:
+            os.close(dfd)
+        return path
+    finally:
+        if tmp is not None:
+            try:
+                os.unlink(tmp)
+            except FileNotFoundError:
+                pass
+
+
+def write_store(path: str | os.PathLike, kind: str, meta: Mapping, arrays: Mapping[str, np.ndarray]) -> Path:
+    """Atomically write ``arrays`` and the JSON-serialisable ``meta`` to ``path``.
+
+    Args:
+        path: target file; its folder is created if needed.
+        kind: what the file is (``"sidecar"``, ``"plan"``, ...); checked on read.
+        meta: JSON-serialisable provenance and settings.
+        arrays: name → numpy array (numeric or bool dtypes only).
+
+    Returns:
+        The path written.
+    """
+    table = []
+    blobs = []
+    offset = 0
+    for name, arr in arrays.items():
+        arr = np.asarray(arr)
+        dname = _dtype_name(arr, name)
+        data = np.ascontiguousarray(arr, dtype=_DTYPES[dname]).tobytes()
+        pad = (-offset) % _ALIGN
+        offset += pad
+        blobs.append(b"\0" * pad)
+        table.append({"name": name, "dtype": dname, "shape": list(arr.shape), "offset": offset,
+                      "nbytes": len(data), "sha256": hashlib.sha256(data).hexdigest()})
+        blobs.append(data)
+        offset += len(data)
+    header = json.dumps({"kind": kind, "format_version": FORMAT_VERSION, "meta": meta, "arrays": table},
+                        sort_keys=True, separators=(",", ":"), allow_nan=False).encode()
+    head = MAGIC + len(header).to_bytes(8, "little") + header + hashlib.sha256(header).digest()
+    return atomic_write_bytes(path, [head, *blobs])
+
+
+def read_store(path: str | os.PathLike, kind: str, error: type[StoreError] = StoreError
+               ) -> tuple[dict, dict[str, np.ndarray]]:
+    """Read and verify a store file written by :func:`write_store`.
+
+    Args:
+        path: the file.
+        kind: the kind it must declare.
+        error: the :class:`StoreError` subclass to raise.
+
+    Returns:
+        ``(meta, arrays)``.
+
+    Raises:
+        StoreError (or ``error``): missing, truncated, corrupt, hostile, wrong kind or version.
+    """
+    path = Path(path)
+    try:
+        size = path.stat().st_size
+        f = open(path, "rb")
+    except OSError as exc:
+        raise error(str(path), f"cannot open: {exc.strerror or exc}") from None
+    with f:
+        magic = f.read(len(MAGIC))
+        if magic != MAGIC:
+            raise error(str(path), "not a torch_dedup file (bad magic bytes); delete it to recompute")
+        raw_len = f.read(8)
+        if len(raw_len) != 8:
+            raise error(str(path), "truncated header; delete it to recompute")
+        hlen = int.from_bytes(raw_len, "little")
+        data_start = len(MAGIC) + 8 + hlen + 32
+        if hlen > _MAX_HEADER or data_start > size:
+            raise error(str(path), f"declared header size {hlen} does not fit the file ({size} bytes): "
+                                   "truncated or corrupt; delete it to recompute")
+        header = f.read(hlen)
+        digest = f.read(32)
+        if hashlib.sha256(header).digest() != digest:
+            raise error(str(path), "header checksum mismatch (corrupt file); delete it to recompute")
+        try:
+            doc = json.loads(header)
+        except ValueError as exc:
+            raise error(str(path), f"header is not valid JSON: {exc}") from None
+        if not isinstance(doc, dict) or doc.get("kind") != kind:
+            raise error(str(path), f"file kind is {doc.get('kind') if isinstance(doc, dict) else None!r}, "
+                                   f"expected {kind!r}")
+        if doc.get("format_version") != FORMAT_VERSION:
+            raise error(str(path), f"format version {doc.get('format_version')!r} is not the supported "
+                                   f"{FORMAT_VERSION}; recompute it with this torch_dedup version")
+        arrays: dict[str, np.ndarray] = {}
+        for entry in doc.get("arrays", []):
+            arrays[entry.get("name", "?")] = _read_array(f, entry, data_start, size, path, error)
+        meta = doc.get("meta")
+        if not isinstance(meta, dict):
+            raise error(str(path), "header has no meta mapping")
+        return meta, arrays
+
+
+def _read_array(f, entry, data_start: int, size: int, path: Path, error) -> np.ndarray:
+    try:
+        name = str(entry["name"])
+        dt = _DTYPES[entry["dtype"]]
+        shape = tuple(int(s) for s in entry["shape"])
+        offset, nbytes = int(entry["offset"]), int(entry["nbytes"])
+        want = str(entry["sha256"])
+    except (KeyError, TypeError, ValueError):
+        raise error(str(path), f"malformed array entry {entry!r:.200}") from None
+    if any(s < 0 for s in shape) or offset < 0 or nbytes < 0:
+        raise error(str(path), f"array {name!r}: negative size or offset")
+    count = 1
+    for s in shape:
+        count *= s
+    if count * dt.itemsize != nbytes or data_start + offset + nbytes > size:
+        raise error(str(path), f"array {name!r} declares shape {shape} ({nbytes} bytes) that does not fit "
+                               f"the {size}-byte file: truncated or hostile; delete it to recompute")
+    f.seek(data_start + offset)
+    buf = f.read(nbytes)
+    if len(buf) != nbytes or hashlib.sha256(buf).hexdigest() != want:
+        raise error(str(path), f"array {name!r} checksum mismatch (corrupt file); delete it to recompute")
+    return np.frombuffer(buf, dtype=dt).reshape(shape).copy() if nbytes else np.zeros(shape, dt)
+
+
+def pack_strings(strings) -> tuple[np.ndarray, np.ndarray]:
+    """Encode strings as one UTF-8 byte array and ``len+1`` int64 offsets (no object arrays)."""
+    encoded = [s.encode("utf-8") for s in strings]
+    offsets = np.zeros(len(encoded) + 1, dtype=np.int64)
+    if encoded:
+        np.cumsum([len(b) for b in encoded], out=offsets[1:])
+    return np.frombuffer(b"".join(encoded), dtype=np.uint8).copy(), offsets
+
+
+def unpack_strings(blob: np.ndarray, offsets: np.ndarray) -> list[str]:
+    """Inverse of :func:`pack_strings`; raises ``ValueError`` on inconsistent offsets."""
+    offsets = np.asarray(offsets, dtype=np.int64)
+    if offsets.ndim != 1 or len(offsets) == 0 or offsets[0] != 0 or offsets[-1] != len(blob) \
+            or np.any(np.diff(offsets) < 0):
+        raise ValueError("string offsets are inconsistent with the byte blob")
+    raw = bytes(np.asarray(blob, dtype=np.uint8))
+    return [raw[a:b].decode("utf-8") for a, b in zip(offsets[:-1].tolist(), offsets[1:].tolist())]

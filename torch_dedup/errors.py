@@ -1,0 +1,60 @@
+"""Exceptions raised by torch_dedup (layer 0: stdlib only).
+
+Every error says which argument or file is at fault, the value, and the fix.
+"""
+
+from __future__ import annotations
+
+__all__ = [
+    "DedupError",
+    "EmptyDedupError",
+    "ImageDecodeError",
+    "PlanError",
+    "SidecarError",
+    "StoreError",
+]
+
+
+class DedupError(Exception):
+    """Base class of every error torch_dedup raises on purpose."""
+
+
+class ImageDecodeError(DedupError, ValueError):
+    """An image could not be read or decoded.
+
+    Attributes:
+        source: what failed: a file path, or ``"item 17"`` for an in-memory item.
+        index: the item's position in the input, when known.
+        reason: the underlying cause, as text.
+    """
+
+    def __init__(self, source: str, reason: str, index: int | None = None):
+        self.source = source
+        self.reason = reason
+        self.index = index
+        where = source if index is None or str(index) in source else f"{source} (item {index})"
+        super().__init__(
+            f"cannot hash image {where}: {reason}. Fix or remove the file, or pass "
+            f"on_error='skip' to record it and go on without it."
+        )
+
+
+class StoreError(DedupError):
+    """A torch_dedup data file (sidecar or plan) is missing, corrupt, hostile or of another version."""
+
+    def __init__(self, path: str, reason: str):
+        self.path = str(path)
+        self.reason = reason
+        super().__init__(f"{path}: {reason}")
+
+
+class SidecarError(StoreError):
+    """A hash sidecar cannot be used (corrupt, stale, or made with other settings)."""
+
+
+class PlanError(StoreError):
+    """A saved DedupPlan cannot be used (corrupt, or made for another dataset or settings)."""
+
+
+class EmptyDedupError(DedupError, ValueError):
+    """Deduplication would leave no item (or the dataset is empty)."""
