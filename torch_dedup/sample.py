@@ -15,7 +15,7 @@ from pathlib import Path
 
 import numpy as np
 
-__all__ = ["CLASSES", "load_sample", "materialize_fashion_mnist", "sample_files"]
+__all__ = ["CLASSES", "SampleDataset", "load_sample", "materialize_fashion_mnist", "sample_files"]
 
 CLASSES = ("T-shirt/top", "Trouser", "Pullover", "Dress", "Coat",
            "Sandal", "Shirt", "Sneaker", "Bag", "Ankle boot")
@@ -81,3 +81,37 @@ def materialize_fashion_mnist(root: str | os.PathLike) -> Path:
             with gzip.open(src, "rb") as fin, open(dst, "wb") as fout:
                 shutil.copyfileobj(fin, fout)
     return raw
+
+
+class SampleDataset:
+    """The embedded sample as a map-style dataset (``__getitem__``/``__len__``), like torchvision's.
+
+    ``.data`` is the ``uint8`` ``(N, 28, 28)`` image array and ``.targets`` the labels, the
+    same attributes torchvision's ``FashionMNIST`` has, so torch_dedup reads the raw images
+    directly and never runs ``transform``.
+
+    Args:
+        start, stop: the slice of the 10,000 embedded images to expose.
+        transform: applied to the ``(28, 28)`` uint8 array of an item (e.g. to a tensor).
+
+    Example:
+        >>> ds = SampleDataset(0, 100)
+        >>> len(ds), ds[0][1]
+        (100, 9)
+    """
+
+    classes = list(CLASSES)
+
+    def __init__(self, start: int = 0, stop: int | None = None, transform=None):
+        images, labels = load_sample()
+        self.data = np.ascontiguousarray(images[start:stop])
+        self.targets = labels[start:stop]
+        self.transform = transform
+        self.root = None
+
+    def __len__(self) -> int:
+        return len(self.data)
+
+    def __getitem__(self, i: int):
+        img = self.data[i]
+        return (img if self.transform is None else self.transform(img)), int(self.targets[i])

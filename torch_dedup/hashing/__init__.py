@@ -1,0 +1,5 @@
+"""Perceptual hashing, bit for bit equal to imagehash 4.3 (layer 1)."""
+
+from .api import METHODS, HashResult, from_hex, hash_array, hash_bits, hash_images, to_hex
+
+__all__ = ["METHODS", "HashResult", "from_hex", "hash_array", "hash_bits", "hash_images", "to_hex"]

@@ -1,0 +1,379 @@
+"""Public hashing API: images -> packed perceptual hashes, bit for bit equal to imagehash 4.3.
+
+``hash_images`` accepts PIL images, file paths, ``uint8`` arrays and torch tensors (one by
+one, or stacked) and returns a :class:`HashResult`; ``hash_array`` is the fast path for a
+stacked ``uint8`` array. Every hash's hex string (:func:`to_hex`) equals
+``str(imagehash.<method>(image, hash_size))`` (``ahash`` is ``imagehash.average_hash``).
+See ``docs/hashing.md`` for the bit order and how exactness is guaranteed.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from concurrent.futures import ProcessPoolExecutor
+from dataclasses import dataclass
+from multiprocessing import get_context
+from collections.abc import Iterable
+
+import numpy as np
+from PIL import Image
+
+from torch_dedup.errors import ImageDecodeError
+from torch_dedup.hashing import _methods
+from torch_dedup.hashing._decode import decode_batch, prepare_pil
+from torch_dedup.hashing._inputs import (
+    is_torch_tensor,
+    stack_to_gray,
+    tensor_to_numpy,
+    to_channels_last,
+    validate_stack,
+)
+from torch_dedup.hashing._pack import hex_to_words, pack_bits, packed_words, words_to_hex
+from torch_dedup.hashing._resample import resize_stack
+
+__all__ = ["METHODS", "HashResult", "from_hex", "hash_array", "hash_bits", "hash_images", "to_hex"]
+
+logger = logging.getLogger(__name__)
+
+METHODS = ("ahash", "dhash", "phash", "whash")
+_ON_ERROR = ("raise", "skip")
+#: Bytes of float64 work space one stacked chunk may use (keeps chunks cache-friendly).
+_CHUNK_BYTES = 1 << 21
+
+
+@dataclass(frozen=True, eq=False)
+class HashResult:
+    """Hashes of a batch of images.
+
+    Attributes:
+        hashes: ``uint64`` ``(N,)`` for hashes of up to 64 bits, else ``(N, W)`` with
+            ``W = ceil(bits / 64)`` (hash size 16 -> ``(N, 4)``); failed rows are 0.
+        valid: ``(N,)`` bool, False where an item failed and ``on_error="skip"``.
+        failures: ``(index, source, reason)`` for every failed item, in input order.
+        method: the hash method.
+        hash_size: the hash size.
+    """
+
+    hashes: np.ndarray
+    valid: np.ndarray
+    failures: tuple
+    method: str
+    hash_size: int
+
+    def __len__(self) -> int:
+        return int(self.hashes.shape[0])
+
+    def __array__(self, dtype=None, copy=None) -> np.ndarray:
+        if dtype is not None and np.dtype(dtype) != self.hashes.dtype:
+            return self.hashes.astype(dtype)
+        return self.hashes.copy() if copy else self.hashes
+
+    @property
+    def bits(self) -> int:
+        """Number of bits per hash."""
+        return hash_bits(self.method, self.hash_size)
+
+
+def hash_bits(method: str, hash_size: int) -> int:
+    """Bits in one hash: ``hash_size ** 2`` for every method (64 for 8, 256 for 16).
+
+    Example:
+        >>> hash_bits("phash", 16)
+        256
+    """
+    _check_method(method, hash_size)
+    return hash_size * hash_size
+
+
+def to_hex(hashes, hash_size: int | None = None) -> list[str]:
+    """Hex string of each hash, equal to ``str(imagehash.<method>(img, hash_size))``.
+
+    Args:
+        hashes: a :class:`HashResult`, or packed ``uint64`` ``(N,)``/``(N, W)``.
+        hash_size: needed only for packed arrays whose bit count is not ``64 * W``
+            (hash sizes other than 8 and 16); ignored for a :class:`HashResult`.
+
+    Returns:
+        One string per row.
+
+    Example:
+        >>> to_hex(np.array([0xFF], dtype=np.uint64))
+        ['00000000000000ff']
+    """
+    if isinstance(hashes, HashResult):
+        return words_to_hex(hashes.hashes, hashes.bits)
+    bits = None if hash_size is None else _check_size(hash_size) ** 2
+    return words_to_hex(np.asarray(hashes), bits)
+
+
+def from_hex(hexes: Iterable[str], hash_size: int = 8) -> np.ndarray:
+    """Parse imagehash hex strings into packed hashes (inverse of :func:`to_hex`).
+
+    Args:
+        hexes: hex strings, each of ``ceil(hash_size**2 / 4)`` digits.
+        hash_size: the hash size they were made with.
+
+    Returns:
+        ``uint64`` ``(N,)`` for up to 64 bits, else ``(N, W)``.
+
+    Raises:
+        ValueError: a string of the wrong length or not hexadecimal.
+
+    Example:
+        >>> from_hex(["00000000000000ff"])
+        array([255], dtype=uint64)
+    """
+    if isinstance(hexes, str):
+        raise ValueError("hexes must be a sequence of strings, not one str; pass [hexes]")
+    words = hex_to_words(hexes, _check_size(hash_size) ** 2)
+    return words[:, 0] if words.shape[1] == 1 else words
+
+
+def hash_array(images: np.ndarray, method: str = "phash", hash_size: int = 8) -> np.ndarray:
+    """Hash a stacked ``uint8`` array of images (the fast, vectorised path).
+
+    Args:
+        images: ``uint8`` ``(N, H, W)`` grayscale, ``(N, H, W, 1)``, ``(N, H, W, 2)`` (LA),
+            ``(N, H, W, 3)`` RGB or ``(N, H, W, 4)`` RGBA, as ``PIL.Image.fromarray`` reads them.
+        method: ``"ahash"``, ``"dhash"``, ``"phash"`` or ``"whash"``.
+        hash_size: 8 (64-bit hashes) or 16 (256-bit); any size >= 2 imagehash supports.
+
+    Returns:
+        Packed ``uint64`` hashes: ``(N,)`` for up to 64 bits, else ``(N, W)``.
+
+    Raises:
+        ValueError: unknown method, bad hash size, or wrong dtype/shape.
+
+    Example:
+        >>> from torch_dedup.sample import load_sample
+        >>> hashes = hash_array(load_sample(10)[0], "phash")
+        >>> hashes.shape, hashes.dtype
+        ((10,), dtype('uint64'))
+    """
+    _check_method(method, hash_size)
+    if not isinstance(images, np.ndarray):
+        raise ValueError(f"images must be a numpy ndarray, got {type(images).__name__}; use hash_images for other inputs")
+    words = _hash_stack(validate_stack(images), method, hash_size)
+    return _shape_words(words)
+
+
+def hash_images(
+    images,
+    method: str = "phash",
+    hash_size: int = 8,
+    *,
+    on_error: str = "raise",
+    workers: int = 0,
+    fast_decode: bool = False,
+    progress: bool = False,
+    batch_size: int = 4096,
+) -> HashResult:
+    """Perceptual hashes of many images, bit for bit equal to imagehash.
+
+    Args:
+        images: a sequence of PIL images, file paths (``str``/``Path``), ``uint8`` arrays
+            (``HW``/``HWC``) or torch tensors (``CHW``/``HW``, ``uint8`` or float in [0, 1],
+            converted like torchvision's ``to_pil_image``: ``pic.mul(255).byte()``); or one
+            stacked ``uint8`` ndarray ``(N, H, W[, C])`` or tensor ``(N, C, H, W)``.
+        method: ``"ahash"`` (imagehash.average_hash), ``"dhash"``, ``"phash"``, ``"whash"``.
+        hash_size: 8 or 16 (any size >= 2; whash needs a power of two).
+        on_error: ``"raise"`` raises :class:`~torch_dedup.errors.ImageDecodeError` on the
+            first image that cannot be read; ``"skip"`` records it in ``failures``, sets
+            ``valid`` False and leaves its hash 0.
+        workers: decode files in this many processes (0: in this process). Results keep
+            the input order.
+        fast_decode: decode JPEGs with ``Image.draft`` (faster; some bits differ from
+            imagehash, see docs/hashing.md).
+        progress: show a tqdm progress bar.
+        batch_size: items handled per step (bounds memory).
+
+    Returns:
+        A :class:`HashResult`.
+
+    Raises:
+        ValueError: bad arguments or an input of an unsupported type, dtype or shape.
+        ImageDecodeError: an image could not be read and ``on_error="raise"``.
+
+    Example:
+        >>> from PIL import Image
+        >>> result = hash_images([Image.new("RGB", (32, 32), "white")], "dhash")
+        >>> to_hex(result)
+        ['0000000000000000']
+    """
+    _check_method(method, hash_size)
+    if on_error not in _ON_ERROR:
+        raise ValueError(f"on_error={on_error!r} is not supported; use one of {_ON_ERROR}")
+    if isinstance(workers, bool) or not isinstance(workers, int) or workers < 0:
+        raise ValueError(f"workers={workers!r} must be an int >= 0 (0 decodes in this process)")
+    if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
+        raise ValueError(f"batch_size={batch_size!r} must be an int >= 1")
+    if isinstance(images, np.ndarray):
+        words = _hash_stack(validate_stack(images), method, hash_size, progress=progress)
+        return _result(words, np.ones(len(words), bool), (), method, hash_size)
+    if is_torch_tensor(images):
+        arr = tensor_to_numpy(images, "images", stacked=True)
+        words = _hash_stack(validate_stack(arr), method, hash_size, progress=progress)
+        return _result(words, np.ones(len(words), bool), (), method, hash_size)
+    if isinstance(images, (str, bytes, os.PathLike, Image.Image)):
+        raise ValueError(
+            f"images must be a sequence of images or a stacked array, got a single "
+            f"{type(images).__name__}; wrap it in a list: hash_images([image])"
+        )
+    return _hash_sequence(
+        list(images), method, hash_size, on_error, workers, fast_decode, progress, batch_size
+    )
+
+
+# --------------------------------------------------------------------------- internals
+
+
+def _check_size(hash_size) -> int:
+    if isinstance(hash_size, bool) or not isinstance(hash_size, (int, np.integer)) or hash_size < 2:
+        raise ValueError(f"hash_size={hash_size!r} must be an int >= 2 (typically 8 or 16)")
+    return int(hash_size)
+
+
+def _check_method(method: str, hash_size) -> None:
+    if method not in METHODS:
+        raise ValueError(f"method={method!r} is not supported; use one of {METHODS}")
+    size = _check_size(hash_size)
+    if method == "whash" and size & (size - 1):
+        raise ValueError(f"hash_size={hash_size!r} must be a power of 2 for whash (2, 4, 8, 16, ...)")
+
+
+def _shape_words(words: np.ndarray) -> np.ndarray:
+    return words[:, 0].copy() if words.shape[1] == 1 else words
+
+
+def _result(words, valid, failures, method, hash_size) -> HashResult:
+    return HashResult(_shape_words(words), valid, tuple(failures), method, int(hash_size))
+
+
+def _bits_from_resized(pixels: np.ndarray, method: str, hash_size: int) -> np.ndarray:
+    """Bits ``(N, hash_size**2)`` from pixels already at imagehash's target size."""
+    if method == "ahash":
+        return _methods.ahash_bits(pixels)
+    if method == "dhash":
+        return _methods.dhash_bits(pixels)
+    if method == "phash":
+        bits, fallbacks = _methods.phash_bits(pixels, hash_size)
+    else:
+        bits, fallbacks = _methods.whash_bits(pixels, hash_size)
+    if fallbacks:
+        logger.debug("%s: %d of %d images recomputed exactly", method, fallbacks, len(pixels))
+    return bits
+
+
+def _chunk_len(h: int, w: int, c: int) -> int:
+    return max(1, _CHUNK_BYTES // max(1, h * w * max(c, 8)))
+
+
+def _hash_stack(stack: np.ndarray, method: str, hash_size: int, progress: bool = False) -> np.ndarray:
+    """Packed words ``(N, W)`` of a validated stack ``(N, H, W[, C])``."""
+    n, h, w = stack.shape[:3]
+    bits_total = hash_size * hash_size
+    out = np.zeros((n, packed_words(bits_total)), dtype=np.uint64)
+    if n == 0:
+        return out
+    if h == 0 or w == 0:
+        raise ValueError(f"images has an empty image shape {stack.shape}")
+    tw, th = _methods.resize_target(method, hash_size, w, h)
+    step = _chunk_len(h, w, stack.shape[3] if stack.ndim == 4 else 1)
+    from tqdm.auto import tqdm
+
+    with tqdm(total=n, disable=not progress, desc=f"{method} hashing", unit="img") as bar:
+        for start in range(0, n, step):
+            gray = stack_to_gray(stack[start:start + step])
+            small = resize_stack(gray, tw, th)
+            out[start:start + step] = pack_bits(_bits_from_resized(small, method, hash_size))
+            bar.update(len(gray))
+    return out
+
+
+def _hash_sequence(items, method, hash_size, on_error, workers, fast_decode, progress, batch_size) -> HashResult:
+    n = len(items)
+    out = np.zeros((n, packed_words(hash_size * hash_size)), dtype=np.uint64)
+    valid = np.ones(n, dtype=bool)
+    failures: list[tuple[int, str, str]] = []
+    pool = None
+    try:
+        if workers > 0 and any(isinstance(x, (str, os.PathLike)) for x in items):
+            pool = ProcessPoolExecutor(max_workers=workers, mp_context=get_context("spawn"))
+        from tqdm.auto import tqdm
+
+        with tqdm(total=n, disable=not progress, desc=f"{method} hashing", unit="img") as bar:
+            for start in range(0, n, batch_size):
+                stop = min(n, start + batch_size)
+                _hash_chunk(items, start, stop, method, hash_size, on_error, fast_decode, pool, workers,
+                            out, valid, failures)
+                bar.update(stop - start)
+    finally:
+        if pool is not None:
+            pool.shutdown(cancel_futures=True)
+    return _result(out, valid, failures, method, hash_size)
+
+
+def _hash_chunk(items, start, stop, method, hash_size, on_error, fast_decode, pool, workers, out, valid, failures):
+    chunk_failures: list[tuple[int, str, str]] = []
+    small: dict[int, np.ndarray] = {}  # index -> resized pixels
+    arrays: dict[tuple, list[int]] = {}  # raw-array shape -> indices (stacked fast path)
+    raw: dict[int, np.ndarray] = {}
+    paths: list[tuple[int, str]] = []
+    for i in range(start, stop):
+        item = items[i]
+        if isinstance(item, (str, os.PathLike)):
+            paths.append((i, os.fspath(item)))
+        elif isinstance(item, Image.Image):
+            try:
+                small[i] = prepare_pil(item, method, hash_size)
+            except Exception as exc:  # a broken lazy image: report, don't crash the batch
+                chunk_failures.append((i, f"item {i}", f"{type(exc).__name__}: {exc}"))
+        elif isinstance(item, np.ndarray) or is_torch_tensor(item):
+            what = f"images[{i}]"
+            arr = tensor_to_numpy(item, what, stacked=False) if is_torch_tensor(item) else to_channels_last(item, what)
+            if arr.ndim == 2:
+                arr = arr[:, :, None]
+            raw[i] = arr
+            arrays.setdefault(arr.shape, []).append(i)
+        else:
+            raise ValueError(
+                f"images[{i}] has unsupported type {type(item).__name__}; expected a PIL image, "
+                f"a path (str/Path), a uint8 numpy array or a torch tensor"
+            )
+    if paths:
+        sources = dict(paths)
+        for index, pixels, reason in _decode_paths(paths, method, hash_size, fast_decode, pool, workers):
+            if pixels is None:
+                chunk_failures.append((index, sources[index], reason))
+            else:
+                small[index] = pixels
+    if chunk_failures:
+        chunk_failures.sort()
+        if on_error == "raise":
+            index, source, reason = chunk_failures[0]
+            raise ImageDecodeError(source, reason, index)
+        for index, _, _ in chunk_failures:
+            valid[index] = False
+        failures.extend(chunk_failures)
+    for shape, idx in arrays.items():
+        stack = np.stack([raw[i] for i in idx])
+        out[idx] = _hash_stack(stack, method, hash_size)
+    by_shape: dict[tuple, list[int]] = {}
+    for i, pixels in small.items():
+        by_shape.setdefault(pixels.shape, []).append(i)
+    for idx in by_shape.values():
+        pixels = np.stack([small[i] for i in idx])
+        out[idx] = pack_bits(_bits_from_resized(pixels, method, hash_size))
+
+
+def _decode_paths(paths, method, hash_size, fast_decode, pool, workers):
+    if pool is None:
+        return decode_batch(paths, method, hash_size, fast_decode)
+    per_task = max(1, min(256, -(-len(paths) // (4 * workers))))
+    tasks = [paths[k:k + per_task] for k in range(0, len(paths), per_task)]
+    results = []
+    futures = [pool.submit(decode_batch, t, method, hash_size, fast_decode) for t in tasks]
+    for f in futures:
+        results.extend(f.result())
+    return results
