@@ -170,8 +170,14 @@ def read_store(path: str | os.PathLike, kind: str, error: type[StoreError] = Sto
             raise error(str(path), f"format version {doc.get('format_version')!r} is not the supported "
                                    f"{FORMAT_VERSION}; recompute it with this torch_dedup version")
         arrays: dict[str, np.ndarray] = {}
-        for entry in doc.get("arrays", []):
-            arrays[entry.get("name", "?")] = _read_array(f, entry, data_start, size, path, error)
+        entries = doc.get("arrays", [])
+        if not isinstance(entries, list):
+            raise error(str(path), "malformed array table")
+        for entry in entries:
+            if not isinstance(entry, dict):
+                raise error(str(path), f"malformed array entry {entry!r:.200}")
+            arrays[str(entry.get("name", "?"))] = _read_array(f, entry, data_start, size, path, error)
+        _check_padding(f, entries, data_start, size, path, error)
         meta = doc.get("meta")
         if not isinstance(meta, dict):
             raise error(str(path), "header has no meta mapping")
@@ -200,6 +206,26 @@ def _read_array(f, entry, data_start: int, size: int, path: Path, error) -> np.n
     if len(buf) != nbytes or hashlib.sha256(buf).hexdigest() != want:
         raise error(str(path), f"array {name!r} checksum mismatch (corrupt file); delete it to recompute")
     return np.frombuffer(buf, dtype=dt).reshape(shape).copy() if nbytes else np.zeros(shape, dt)
+
+
+def _check_padding(f, entries, data_start: int, size: int, path: Path, error) -> None:
+    """Every byte outside the arrays must be zero padding, and nothing may follow the last array.
+
+    With this, a flipped bit anywhere in the file is detected, not only inside the arrays.
+    """
+    spans = sorted((int(e["offset"]), int(e["offset"]) + int(e["nbytes"])) for e in entries)
+    pos = 0
+    for start, end in spans:
+        if start < pos:
+            raise error(str(path), "arrays overlap: corrupt or hostile file")
+        if start > pos:
+            f.seek(data_start + pos)
+            if f.read(start - pos).strip(b"\0"):
+                raise error(str(path), "non-zero bytes in padding (corrupt file); delete it to recompute")
+        pos = end
+    if data_start + pos != size:
+        raise error(str(path), f"{size - data_start - pos} unexpected bytes after the data (corrupt or "
+                               "appended file); delete it to recompute")
 
 
 def pack_strings(strings) -> tuple[np.ndarray, np.ndarray]:
