@@ -1,0 +1,495 @@
+"""Exact Hamming range search over packed perceptual hashes (layer 2).
+
+All pairs within a Hamming threshold, none missed, none invented, each reported once.
+Identical hashes are collapsed first, the search runs on the distinct values with a
+block-combination index (pigeonhole multi-index hashing, see ``docs/engine.md``) or a
+brute-force kernel, whichever a cost model predicts cheaper, and the distinct-value
+pairs are expanded back to item pairs.
+
+Example:
+    >>> import numpy as np
+    >>> from torch_dedup.hamming.search import hamming_pairs
+    >>> h = np.array([0b0000, 0b0011, 0b0000, 0b1111], dtype=np.uint64)
+    >>> r = hamming_pairs(h, 2)
+    >>> r.pairs.tolist(), r.distances.tolist()
+    ([[0, 1], [0, 2], [1, 2], [1, 3]], [2, 0, 2, 2])
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import numbers
+import os
+from concurrent.futures import ThreadPoolExecutor
+from itertools import combinations
+from typing import NamedTuple
+
+import numpy as np
+
+from torch_dedup.hamming import _kernels
+
+logger = logging.getLogger(__name__)
+
+ALGORITHMS = ("auto", "mih", "brute")
+#: Never build more tables than this (each table is one pass over the hashes).
+MAX_TABLES = 4096
+#: Per-operation costs in nanoseconds, measured on one core (benchmarks/bench_search.py).
+_COST_BUILD = 12.0  # bucket one row into one table, per 64-bit word
+_COST_BUCKET = 2.0  # one (empty) bucket of one table
+_COST_VERIFY = 2.0  # one candidate with equal key bits: popcount + ownership check
+_COST_COLLIDE = 1.0  # one same-bucket pair with different key bits
+_COST_BRUTE = 0.8  # one brute-force pair, per 64-bit word
+
+
+class HammingPairs(NamedTuple):
+    """Pairs within a Hamming threshold.
+
+    Attributes:
+        pairs: ``(P, 2)`` int64. Self-search: ``i < j``; query search: ``(row in hashes,
+            row in other)``. Rows sorted lexicographically.
+        distances: ``(P,)`` Hamming distance of each pair: uint8 for hashes up to 255
+            bits, uint16 above.
+    """
+
+    pairs: np.ndarray
+    distances: np.ndarray
+
+
+# ----------------------------------------------------------------------------- validation
+
+
+def _as_rows(hashes, name: str) -> np.ndarray:
+    """``(N,)`` or ``(N, W)`` uint64 -> C-contiguous ``(N, W)`` view or copy."""
+    arr = np.asarray(hashes)
+    if arr.dtype != np.uint64:
+        raise ValueError(
+            f"{name} must have dtype uint64 (packed hashes), got dtype {arr.dtype}; "
+            f"pack bits with torch_dedup's hashing or convert with .astype(np.uint64)"
+        )
+    if arr.ndim == 1:
+        arr = arr.reshape(-1, 1)
+    elif arr.ndim != 2 or arr.shape[1] < 1:
+        raise ValueError(
+            f"{name} must have shape (N,) for 64-bit hashes or (N, W) with W >= 1 words, "
+            f"got shape {arr.shape}"
+        )
+    return np.ascontiguousarray(arr)
+
+
+def _check_threshold(threshold, bits: int) -> int:
+    if isinstance(threshold, (bool, np.bool_)) or not isinstance(threshold, numbers.Integral):
+        raise ValueError(
+            f"threshold must be an integer in [0, {bits}] (the hash has {bits} bits), "
+            f"got {threshold!r} of type {type(threshold).__name__}"
+        )
+    t = int(threshold)
+    if not 0 <= t <= bits:
+        raise ValueError(f"threshold must be in [0, {bits}] for {bits}-bit hashes, got {t}")
+    return t
+
+
+def _check_workers(workers) -> int:
+    if workers is None:
+        try:
+            return max(1, len(os.sched_getaffinity(0)))
+        except AttributeError:  # pragma: no cover - not Linux
+            return max(1, os.cpu_count() or 1)
+    if isinstance(workers, bool) or not isinstance(workers, numbers.Integral) or workers < 1:
+        raise ValueError(f"workers must be None or an integer >= 1, got {workers!r}")
+    return int(workers)
+
+
+def _check_algorithm(algorithm) -> str:
+    if algorithm not in ALGORITHMS:
+        raise ValueError(f"algorithm must be one of {ALGORITHMS}, got {algorithm!r}")
+    return algorithm
+
+
+def _validate(hashes, threshold, other, algorithm, workers):
+    a = _as_rows(hashes, "hashes")
+    bits = 64 * a.shape[1]
+    b = None
+    if other is not None:
+        b = _as_rows(other, "other")
+        if b.shape[1] != a.shape[1]:
+            raise ValueError(
+                f"other must have the same number of 64-bit words per hash as hashes "
+                f"({a.shape[1]}, i.e. {bits} bits), got {b.shape[1]} (shape {b.shape})"
+            )
+    t = _check_threshold(threshold, bits)
+    return a, b, t, _check_algorithm(algorithm), _check_workers(workers)
+
+
+def _distance_dtype(bits: int):
+    return np.uint8 if bits <= 255 else np.uint16
+
+
+# ----------------------------------------------------------------------------- helpers
+
+
+def popcount64(x) -> np.ndarray:
+    """Set bits of every element of a uint64 array (vectorised numpy).
+
+    Args:
+        x: uint64 array of any shape.
+
+    Returns:
+        uint8 array of the same shape.
+
+    Example:
+        >>> popcount64(np.array([0, 7, 2**64 - 1], dtype=np.uint64)).tolist()
+        [0, 3, 64]
+    """
+    x = np.asarray(x, dtype=np.uint64)
+    return np.unpackbits(x.reshape(-1, 1).view(np.uint8), axis=1).sum(axis=1, dtype=np.uint8).reshape(x.shape)
+
+
+def hamming_distance(a, b) -> np.ndarray:
+    """Hamming distance between hashes, broadcasting ``(N,)``/``(N, W)`` rows.
+
+    Args:
+        a: uint64 hashes, ``(...,)`` for 64-bit or ``(..., W)`` for W words.
+        b: uint64 hashes broadcastable against ``a``.
+
+    Returns:
+        int64 distances (the last axis summed for multi-word input of ndim >= 2).
+
+    Example:
+        >>> hamming_distance(np.array([0b1010], np.uint64), np.array([0b0110], np.uint64)).tolist()
+        [2]
+    """
+    a = np.asarray(a)
+    b = np.asarray(b)
+    if a.dtype != np.uint64 or b.dtype != np.uint64:
+        raise ValueError(f"a and b must be uint64, got {a.dtype} and {b.dtype}")
+    pc = popcount64(a ^ b).astype(np.int64)
+    return pc.sum(axis=-1) if max(a.ndim, b.ndim) >= 2 else pc
+
+
+def unique_hashes(hashes) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Collapse exact duplicates.
+
+    Unique rows come out **sorted** (ascending value; lexicographic by word for
+    multi-word hashes), as :func:`numpy.unique` orders them.
+
+    Args:
+        hashes: ``(N,)`` or ``(N, W)`` uint64.
+
+    Returns:
+        ``(unique_rows, inverse, first_index)``: ``unique_rows`` has the input's layout
+        (``(U,)`` or ``(U, W)``); ``inverse`` ``(N,)`` int64 with
+        ``unique_rows[inverse] == hashes``; ``first_index`` ``(U,)`` int64, the first item
+        holding each unique value.
+
+    Raises:
+        ValueError: wrong dtype or shape.
+
+    Example:
+        >>> u, inv, first = unique_hashes(np.array([5, 3, 5], dtype=np.uint64))
+        >>> u.tolist(), inv.tolist(), first.tolist()
+        ([3, 5], [1, 0, 1], [1, 0])
+    """
+    rows = _as_rows(hashes, "hashes")
+    if rows.shape[0] == 0:
+        empty = np.zeros(0, np.int64)
+        return np.asarray(hashes).copy(), empty, empty.copy()
+    if rows.shape[1] == 1:
+        u, first, inv = np.unique(rows[:, 0], return_index=True, return_inverse=True)
+        if np.asarray(hashes).ndim == 2:
+            u = u.reshape(-1, 1)
+    else:
+        u, first, inv = np.unique(rows, axis=0, return_index=True, return_inverse=True)
+    return u, inv.reshape(-1).astype(np.int64, copy=False), first.astype(np.int64, copy=False)
+
+
+# ----------------------------------------------------------------------------- planning
+
+
+def _block_masks(n: int, words: int) -> np.ndarray:
+    """``(n, W)`` uint64 masks of n disjoint blocks; blocks never straddle a word."""
+    masks = np.zeros((n, words), np.uint64)
+    per_word = [n // words + (1 if w < n % words else 0) for w in range(words)]
+    b = 0
+    for w, q in enumerate(per_word):
+        lo = 0
+        for r in range(q):
+            width = 64 // q + (1 if r < 64 % q else 0)
+            masks[b, w] = np.uint64(((1 << width) - 1) << lo)
+            lo += width
+            b += 1
+    return masks
+
+
+def _bucket_bits(n_rows: int) -> int:
+    # about one bucket per row, but at most 2**21: past that the counting sort's scatter
+    # misses cache and costs more than the extra same-bucket pairs it saves (10M rows:
+    # 0.65 s per table at 2**24 buckets, 0.48 s at 2**20, one core)
+    return int(min(21, max(1, math.ceil(math.log2(max(n_rows, 2))))))
+
+
+def _plan(na: int, nb: int | None, words: int, t: int, algorithm: str, workers: int) -> tuple[str, int, float]:
+    """Choose ``("brute", 0, cost)`` or ``("mih", n_blocks, cost)`` by predicted cost (ns)."""
+    bits = 64 * words
+    n_pairs = na * (na - 1) / 2 if nb is None else na * nb
+    n_rows = na if nb is None else na + nb
+    brute = ("brute", 0, n_pairs * words * _COST_BRUTE)
+    if algorithm == "brute":
+        return brute
+    bb = _bucket_bits(max(na, nb or 0))
+    best = None
+    # k = 0 (one table, every pair in one bucket) is brute force in disguise; it keeps
+    # algorithm="mih" defined for every threshold, up to t == bits.
+    for n in range(max(t, words, 1), bits + 1):
+        k = n - t
+        tables = math.comb(n, k)
+        if tables > MAX_TABLES:
+            if best is not None or n > t + 64:
+                break
+            continue
+        keybits = bits * k / n
+        per_table = (
+            n_rows * words * _COST_BUILD
+            + (2**bb) * _COST_BUCKET * (1 if nb is None else 2)
+            + n_pairs * 2.0**-keybits * words * _COST_VERIFY
+            + n_pairs * 2.0**-bb * _COST_COLLIDE
+        )
+        cost = tables * per_table
+        if best is None or cost < best[2]:
+            best = ("mih", n, cost)
+    if best is None:
+        if algorithm == "mih":
+            raise ValueError(
+                f"algorithm='mih' cannot index threshold {t} on {bits}-bit hashes within "
+                f"{MAX_TABLES} tables; use algorithm='brute' or 'auto'"
+            )
+        return brute
+    if algorithm == "mih" or best[2] < brute[2]:
+        return best
+    return brute
+
+
+# ----------------------------------------------------------------------------- search
+
+
+def _run(tasks, workers: int):
+    if workers == 1 or len(tasks) == 1:
+        return [task() for task in tasks]
+    with ThreadPoolExecutor(max_workers=workers) as pool:
+        return list(pool.map(lambda task: task(), tasks))
+
+
+_FIRST_BUFFER = 1 << 12
+_MAX_BUFFER = 1 << 22
+
+
+def _drain(kernel, args, state, done):
+    """Run a resumable kernel to the end, with fresh output buffers each time it fills."""
+    parts = []
+    cap = _FIRST_BUFFER
+    while True:
+        ii = np.empty(cap, np.int64)
+        jj = np.empty(cap, np.int64)
+        dd = np.empty(cap, np.int64)
+        p, *state = kernel(*args, *state, ii, jj, dd)
+        if p:
+            # a mostly empty buffer would pin its full size: copy the used part
+            keep = (lambda x: x[:p].copy()) if p < cap // 2 else (lambda x: x[:p])
+            parts.append((keep(ii), keep(jj), keep(dd)))
+        if done(state):
+            return parts
+        cap = min(2 * cap, _MAX_BUFFER)
+
+
+def _brute_task(a, b, t, i0, i1):
+    def task():
+        if a.shape[1] == 1:
+            x = a[:, 0]
+            if b is None:
+                return _drain(_kernels.brute_self_1, (x, t, i1), (i0, i0 + 1), lambda s: s[0] >= i1)
+            return _drain(_kernels.brute_query_1, (x, b[:, 0], t, i1), (i0, 0), lambda s: s[0] >= i1)
+        if b is None:
+            return _drain(_kernels.brute_self, (a, t, i1), (i0, i0 + 1), lambda s: s[0] >= i1)
+        return _drain(_kernels.brute_query, (a, b, t, i1), (i0, 0), lambda s: s[0] >= i1)
+
+    return task
+
+
+def _table_task(a, b, t, key, below, bucket_bits):
+    nb = 1 << bucket_bits
+
+    def done(state):
+        return state[0] >= nb
+
+    def task():
+        if a.shape[1] == 1:
+            k1, bl1 = key[0], np.ascontiguousarray(below[:, 0])
+            sa = _kernels.bucket_sort_1(a[:, 0], k1, bucket_bits)
+            if b is None:
+                return _drain(_kernels.verify_self_1, (*sa, t, k1, bl1), (0, 0, 0), done)
+            sb = _kernels.bucket_sort_1(b[:, 0], k1, bucket_bits)
+            return _drain(_kernels.verify_query_1, (*sa, *sb, t, k1, bl1), (0, 0, 0), done)
+        sa = _kernels.bucket_sort(a, key, bucket_bits)
+        if b is None:
+            return _drain(_kernels.verify_self, (*sa, t, key, below), (0, 0, 0), done)
+        sb = _kernels.bucket_sort(b, key, bucket_bits)
+        return _drain(_kernels.verify_query, (*sa, *sb, t, key, below), (0, 0, 0), done)
+
+    return task
+
+
+def _row_chunks(n: int, parts: int, triangular: bool) -> list[tuple[int, int]]:
+    """Row ranges of about equal work (``n - i`` per row when ``triangular``)."""
+    if n == 0:
+        return []
+    parts = max(1, min(parts, n))
+    if not triangular:
+        edges = np.linspace(0, n, parts + 1).round().astype(int)
+    else:
+        # work before row i ~ n^2 - (n - i)^2  ->  i_k = n (1 - sqrt(1 - k/parts))
+        k = np.arange(parts + 1) / parts
+        edges = np.round(n * (1 - np.sqrt(1 - k))).astype(int)
+    edges[0], edges[-1] = 0, n
+    return [(int(s), int(e)) for s, e in zip(edges[:-1], edges[1:]) if e > s]
+
+
+def _search_distinct(a: np.ndarray, b: np.ndarray | None, t: int, algorithm: str, workers: int):
+    """Pairs of rows of distinct values ``a`` (and ``b``) within ``t``, sorted, int64."""
+    na = a.shape[0]
+    nb = None if b is None else b.shape[0]
+    words = a.shape[1]
+    empty = (np.zeros(0, np.int64),) * 3
+    if na == 0 or nb == 0 or (b is None and (na < 2 or t == 0)):
+        return empty  # distinct values: no self pair at distance 0
+    if max(na, nb or 0) >= 2**31 - 1:
+        raise ValueError(
+            f"at most 2**31 - 2 distinct hashes per side are supported, got {max(na, nb or 0)}; "
+            f"split the search (e.g. query shards against each other with other=)"
+        )
+    kind, n_blocks, cost = _plan(na, nb, words, t, algorithm, workers)
+    logger.debug("hamming search: %s, n_blocks=%d, predicted %.3g s (1 core)", kind, n_blocks, cost * 1e-9)
+    if kind == "brute":
+        chunks = _row_chunks(na, 8 * workers, triangular=b is None)
+        tasks = [_brute_task(a, b, t, s, e) for s, e in chunks]
+    else:
+        masks = _block_masks(n_blocks, words)
+        bb = _bucket_bits(max(na, nb or 0))
+        tasks = []
+        for combo in combinations(range(n_blocks), n_blocks - t):
+            key = np.bitwise_or.reduce(masks[list(combo)], axis=0) if combo else np.zeros(words, np.uint64)
+            chosen = set(combo)
+            last = combo[-1] if combo else 0
+            below = masks[[i for i in range(last) if i not in chosen]].reshape(-1, words)
+            tasks.append(_table_task(a, b, t, key, np.ascontiguousarray(below), bb))
+    parts = [part for chunk in _run(tasks, workers) for part in chunk]
+    ii = np.concatenate([p[0] for p in parts]) if parts else empty[0]
+    jj = np.concatenate([p[1] for p in parts]) if parts else empty[1]
+    dd = np.concatenate([p[2] for p in parts]) if parts else empty[2]
+    if kind != "brute" and ii.size:
+        order = np.argsort(ii * (na if nb is None else nb) + jj)
+        ii, jj, dd = ii[order], jj[order], dd[order]
+    return ii, jj, dd
+
+
+def _result(ii, jj, dd, bits: int) -> HammingPairs:
+    pairs = np.empty((ii.shape[0], 2), np.int64)
+    pairs[:, 0] = ii
+    pairs[:, 1] = jj
+    return HammingPairs(pairs, dd.astype(_distance_dtype(bits)))
+
+
+def unique_pairs(hashes, threshold, other=None, *, algorithm: str = "auto", workers: int | None = None) -> HammingPairs:
+    """Pairs between distinct hash values within ``threshold``.
+
+    Indices refer to the rows of ``unique_hashes(hashes)[0]`` (and, for a query, of
+    ``unique_hashes(other)[0]``), so an exact-duplicate group of k items costs nothing
+    instead of k² pairs; clustering uses this and the ``inverse`` of
+    :func:`unique_hashes`. Self-search never reports distance 0 (values are distinct);
+    a query reports a value present on both sides at distance 0.
+
+    Args:
+        hashes: ``(N,)`` or ``(N, W)`` uint64.
+        threshold: integer in ``[0, 64 * W]``.
+        other: optional query set with the same word count.
+        algorithm: ``"auto"`` (cost model), ``"mih"`` or ``"brute"``.
+        workers: threads (default: the CPUs this process may use).
+
+    Returns:
+        :class:`HammingPairs` on unique-row indices, sorted.
+
+    Raises:
+        ValueError: bad dtype, shape, threshold, algorithm or workers.
+
+    Example:
+        >>> h = np.array([1, 1, 3], dtype=np.uint64)
+        >>> unique_pairs(h, 1).pairs.tolist()
+        [[0, 1]]
+    """
+    a, b, t, algorithm, workers = _validate(hashes, threshold, other, algorithm, workers)
+    ua = unique_hashes(a)[0]
+    ub = None if b is None else unique_hashes(b)[0]
+    return _result(*_search_distinct(ua, ub, t, algorithm, workers), 64 * a.shape[1])
+
+
+def _groups(inverse: np.ndarray, first_index: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Items grouped by unique value (ascending within a group) and group offsets."""
+    u = first_index.shape[0]
+    if inverse.shape[0] == u:  # no duplicates: every group is its first item
+        return first_index, np.arange(u + 1, dtype=np.int64)
+    members = np.argsort(inverse, kind="stable").astype(np.int64, copy=False)
+    gstart = np.zeros(u + 1, np.int64)
+    np.cumsum(np.bincount(inverse, minlength=u), out=gstart[1:])
+    return members, gstart
+
+
+def hamming_pairs(hashes, threshold, other=None, *, algorithm: str = "auto", workers: int | None = None) -> HammingPairs:
+    """All pairs of items whose hashes are within ``threshold`` bits (exact).
+
+    Self-search (``other=None``) reports every ``i < j`` with
+    ``hamming(hashes[i], hashes[j]) <= threshold`` once; identical hashes are pairs at
+    distance 0, so an exact-duplicate group of k items gives k(k-1)/2 pairs (use
+    :func:`unique_pairs` to avoid that). Query search reports every ``(i, j)`` with
+    ``hamming(hashes[i], other[j]) <= threshold``.
+
+    Args:
+        hashes: ``(N,)`` uint64 for 64-bit hashes or ``(N, W)`` for ``64 * W`` bits.
+        threshold: integer in ``[0, 64 * W]``.
+        other: optional ``(M,)``/``(M, W)`` uint64 query set (e.g. the test set).
+        algorithm: ``"auto"`` picks the block-combination index or brute force by a cost
+            model; ``"mih"`` or ``"brute"`` force one.
+        workers: threads (default: the CPUs this process may use).
+
+    Returns:
+        :class:`HammingPairs`, rows sorted lexicographically.
+
+    Raises:
+        ValueError: non-uint64 dtype, wrong shape, ``other`` with another word count,
+            threshold not an integer in range, unknown algorithm, bad workers.
+
+    Example:
+        >>> h = np.array([0, 1, 0xFF], dtype=np.uint64)
+        >>> r = hamming_pairs(h, 1)
+        >>> r.pairs.tolist(), r.distances.tolist()
+        ([[0, 1]], [1])
+    """
+    a, b, t, algorithm, workers = _validate(hashes, threshold, other, algorithm, workers)
+    bits = 64 * a.shape[1]
+    ua, inv_a, first_a = unique_hashes(a)
+    ma, ga = _groups(inv_a, first_a)
+    if b is None:
+        ui, uj, ud = _search_distinct(ua, None, t, algorithm, workers)
+        ii, jj, dd = _kernels.expand_self(ui, uj, ud, ma, ga)
+        n_other = a.shape[0]
+    else:
+        ub, inv_b, first_b = unique_hashes(b)
+        mb, gb = _groups(inv_b, first_b)
+        ui, uj, ud = _search_distinct(ua, ub, t, algorithm, workers)
+        ii, jj, dd = _kernels.expand_query(ui, uj, ud, ma, ga, mb, gb)
+        n_other = b.shape[0]
+    if ii.size:
+        order = np.argsort(ii * n_other + jj)
+        ii, jj, dd = ii[order], jj[order], dd[order]
+    return _result(ii, jj, dd, bits)
+
+
+__all__ = ["HammingPairs", "hamming_distance", "hamming_pairs", "popcount64", "unique_hashes", "unique_pairs"]
