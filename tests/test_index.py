@@ -319,7 +319,7 @@ def test_racing_hash_dataset_processes(folder, tmp_path):
 
 def test_plan_dataset_matches_naive_greedy_and_records_provenance(folder, caplog):
     ds, tree = folder
-    with caplog.at_level(logging.INFO, logger="torch_dedup.index"):
+    with caplog.at_level(logging.DEBUG, logger="torch_dedup.index"):
         plan = plan_dataset(ds, threshold=10, progress=False, workers=0)
     hashes = np.array([int(str(imagehash.phash(Image.open(p))), 16) for p, _ in ds.samples], dtype=np.uint64)
     np.testing.assert_array_equal(plan.keep, _naive_greedy(hashes, 10))
@@ -333,7 +333,7 @@ def test_plan_dataset_matches_naive_greedy_and_records_provenance(folder, caplog
     assert plan.provenance["sidecar"].endswith(".tdhash")
     assert "18 -> 12 items" in caplog.text and "sidecar miss" in caplog.text
     plan.check_compatible(len(ds), source_of(ds).fingerprint)
-    with caplog.at_level(logging.INFO, logger="torch_dedup.index"):
+    with caplog.at_level(logging.DEBUG, logger="torch_dedup.index"):
         plan_dataset(ds, threshold=10, progress=False, workers=0)
     assert "sidecar hit" in caplog.text
 

@@ -186,7 +186,7 @@ def run_demo(out_dir: str | os.PathLike = "torch_dedup_demo", *, thresholds=(6, 
     say("")
     say(f"{'training set':<22} {'images':>6} {'removed':>8} {'accuracy':>9} {'train s':>8}")
     for r in rows:
-        name = {"full": "full", "dedup": f"dedup t={r.threshold}", "random": f"random, same size"}[r.subset]
+        name = {"full": "full", "dedup": f"dedup t={r.threshold}", "random": "random, same size"}[r.subset]
         say(f"{name:<22} {r.kept:>6} {r.removed_pct:>7.1f}% {100 * r.accuracy:>8.2f}% {r.train_seconds:>8.1f}")
 
     csv_path = out / "demo.csv"

@@ -29,10 +29,9 @@ import numpy as np
 import torch.distributed as dist
 
 from .errors import DedupError, EmptyDedupError, ImageDecodeError
-from .hamming.cluster import find_duplicates
 from .hashing.api import METHODS, HashResult, hash_bits
-from .index import DatasetHashes, decode_mode, hash_source_range, load_cached, plan_dataset, sidecar_for, \
-    store_cached
+from .index import DatasetHashes, check_labels, decode_mode, hash_source_range, load_cached, plan_dataset, \
+    plan_from_hashes, sidecar_for, store_cached
 from .plan import DedupPlan
 from .sidecar import library_versions
 from .sources import source_of
@@ -380,25 +379,9 @@ def plan_dataset_distributed(ds, threshold: int = 6, *, method: str = "phash", h
                   progress=progress)
     dh = hash_dataset_distributed(ds, method, hash_size, image_fn=image_fn, fingerprint=fingerprint,
                                   group=group, **common)
-    n = len(dh)
-    if labels is None:
-        labels = dh.labels
-    elif len(labels) != n:
-        raise ValueError(f"labels has {len(labels)} entries but the dataset has {n} items; pass one label per item")
-    if per_class and labels is None:
-        raise ValueError(f"per_class=True but {type(ds).__name__} has no targets/labels; pass labels= "
-                         "(one int per item) or use per_class=False")
-    if labels is not None:
-        labels = np.asarray(labels, dtype=np.int64)
-    if callable(priority):
-        priority = np.asarray([float(priority(i)) for i in range(n)], dtype=np.float64)
+    labels = check_labels(labels if labels is not None else dh.labels, len(dh), per_class, type(ds).__name__)
     against_hashes, against_prints = (None, [])
     if against is not None:
         against_hashes, against_prints = _against_hashes(against, method, hash_size, common, group)
-    provenance = {**dh.meta, "from_cache": dh.from_cache, "n_failures": len(dh.failures),
-                  "against_fingerprints": against_prints}
-    provenance.pop("versions", None)
-    provenance["versions"] = library_versions()
-    return find_duplicates(dh.hashes, threshold, policy=policy, priority=priority, labels=labels,
-                           per_class=per_class, against=against_hashes, valid=dh.valid, sweep_max=sweep_max,
-                           provenance=provenance)
+    return plan_from_hashes(dh, threshold, policy=policy, per_class=per_class, labels=labels, priority=priority,
+                            against=against_hashes, against_fingerprints=against_prints, sweep_max=sweep_max)

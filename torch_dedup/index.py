@@ -30,8 +30,8 @@ from .plan import DedupPlan
 from .sidecar import Sidecar, library_versions, load_or_none, sidecar_dir, sidecar_name, write_sidecar
 from .sources import ImageSource, labels_of, source_of
 
-__all__ = ["DatasetHashes", "decode_mode", "hash_dataset", "hash_source_range", "load_cached", "plan_dataset",
-           "sidecar_for", "store_cached"]
+__all__ = ["DatasetHashes", "check_labels", "decode_mode", "hash_dataset", "hash_source_range", "load_cached",
+           "plan_dataset", "plan_from_hashes", "sidecar_for", "store_cached"]
 
 logger = logging.getLogger(__name__)
 
@@ -451,31 +451,58 @@ def plan_dataset(ds, threshold: int = 6, *, method: str = "phash", hash_size: in
                   progress=progress)
     # Cheap checks first: a bad option should fail before minutes of hashing.
     _check_settings(method, hash_size, on_error, workers)
-    if labels is None:
-        labels = labels_of(ds)
-    if per_class and labels is None:
-        raise ValueError(f"per_class=True but {type(ds).__name__} has no targets/labels; pass labels= "
-                         "(one int per item) or use per_class=False")
-    if labels is not None:
-        labels = np.asarray(labels, dtype=np.int64)
-        if labels.shape != (len(ds),):
-            raise ValueError(f"labels has shape {labels.shape} but the dataset has {len(ds)} items; "
-                             "pass one int label per item")
+    labels = check_labels(labels if labels is not None else labels_of(ds), len(ds), per_class, type(ds).__name__)
     dh = hash_dataset(ds, method, hash_size, image_fn=image_fn, fingerprint=fingerprint, **common)
-    n = len(dh)
     against_hashes, against_prints = (None, [])
     if against is not None:
         against_hashes, against_prints = _hashes_of_against(against, method, hash_size, common)
-    provenance = {**dh.meta, "from_cache": dh.from_cache, "n_failures": len(dh.failures),
-                  "against_fingerprints": against_prints}
-    provenance.pop("versions", None)
-    provenance["versions"] = library_versions()
-    settings = {"method": method, "hash_size": int(hash_size), "decode": dh.meta["decode"]}
-    plan = find_duplicates(dh.hashes, threshold, policy=policy, priority=_priority_array(priority, n),
-                           labels=labels, per_class=per_class, against=against_hashes, valid=dh.valid,
-                           sweep_max=sweep_max, provenance=provenance, settings=settings)
-    seconds = time.perf_counter() - t0
-    logger.info("plan_dataset %s: %d -> %d items (%.1f%% kept), threshold %d, %s, %.2f s, sidecar %s",
-                type(ds).__name__, n, plan.n_kept, 100.0 * plan.n_kept / max(n, 1), threshold, policy, seconds,
-                "hit" if dh.from_cache else ("miss" if dh.sidecar_path else "off"))
+    plan = plan_from_hashes(dh, threshold, policy=policy, per_class=per_class, labels=labels, priority=priority,
+                            against=against_hashes, against_fingerprints=against_prints, sweep_max=sweep_max)
+    # DEBUG, not INFO: consumers (DedupSampler, DedupDataset, the CLI) log the one INFO line.
+    logger.debug("plan_dataset %s: %d -> %d items (%.1f%% kept), threshold %d, %s, %.2f s, sidecar %s",
+                 type(ds).__name__, plan.n, plan.n_kept, 100.0 * plan.n_kept / max(plan.n, 1), threshold, policy,
+                 time.perf_counter() - t0, "hit" if dh.from_cache else ("miss" if dh.sidecar_path else "off"))
     return plan
+
+
+def check_labels(labels, n: int, per_class: bool, name: str = "the dataset") -> np.ndarray | None:
+    """Validate per-item labels (``None`` allowed unless ``per_class``) and return them as int64."""
+    if per_class and labels is None:
+        raise ValueError(f"per_class=True but {name} has no targets/labels; pass labels= "
+                         "(one int per item) or use per_class=False")
+    if labels is None:
+        return None
+    labels = np.asarray(labels, dtype=np.int64)
+    if labels.shape != (n,):
+        raise ValueError(f"labels has shape {labels.shape} but {name} has {n} items; pass one int label per item")
+    return labels
+
+
+def plan_from_hashes(dh: DatasetHashes, threshold: int = 6, *, policy: str = "greedy", per_class: bool = False,
+                     labels=None, priority=None, against: np.ndarray | None = None,
+                     against_fingerprints: Sequence[str | None] = (), sweep_max: int | None = None) -> DedupPlan:
+    """Decide which items of an already hashed dataset to keep (the step after :func:`hash_dataset`).
+
+    :func:`plan_dataset` and its distributed twin both end here, so the two cannot drift.
+
+    Args:
+        dh: the dataset's hashes.
+        threshold, policy, per_class, priority, sweep_max: as in :func:`plan_dataset`.
+        labels: per-item labels; ``None`` takes ``dh.labels``.
+        against: hashes of other sets (already hashed with the same method and size).
+        against_fingerprints: their fingerprints, recorded in the plan's provenance.
+
+    Returns:
+        The :class:`~torch_dedup.plan.DedupPlan`.
+
+    Raises:
+        ValueError: bad options.
+    """
+    n = len(dh)
+    labels = check_labels(labels if labels is not None else dh.labels, n, per_class)
+    provenance = {**dh.meta, "from_cache": dh.from_cache, "n_failures": len(dh.failures),
+                  "against_fingerprints": list(against_fingerprints), "versions": library_versions()}
+    settings = {"method": dh.meta["method"], "hash_size": int(dh.meta["hash_size"]), "decode": dh.meta["decode"]}
+    return find_duplicates(dh.hashes, threshold, policy=policy, priority=_priority_array(priority, n),
+                           labels=labels, per_class=per_class, against=against, valid=dh.valid,
+                           sweep_max=sweep_max, provenance=provenance, settings=settings)
