@@ -1,0 +1,442 @@
+"""Near-duplicate pairs -> keep decision -> :class:`~torch_dedup.plan.DedupPlan` (layer 2).
+
+The work happens on *keys*, not items: every distinct hash value (or distinct
+``(hash, label)`` under ``per_class``) is one key, whose *best member* is its
+highest-priority item. Greedy over keys in the order of their best members is the
+same as greedy over items: the best member of an exact-duplicate group decides for
+all of them, and the others fall to it at distance 0. So 10M items with large
+exact-duplicate groups cost one ``np.unique`` and a search among distinct values,
+never the k² pairs of a group. The keep decisions themselves run in numba
+(:mod:`torch_dedup.hamming._cluster_kernels`); nothing loops over items in Python.
+"""
+
+from __future__ import annotations
+
+import logging
+import numbers
+from dataclasses import dataclass
+from typing import NamedTuple
+
+import numpy as np
+
+from ..plan import POLICIES, DedupPlan
+from . import _cluster_kernels as _k
+from .search import unique_hashes, unique_pairs
+
+__all__ = ["ClassSweep", "find_duplicates", "sweep_thresholds", "sweep_thresholds_by_class"]
+
+logger = logging.getLogger(__name__)
+
+_NEVER = np.int64(1) << np.int64(40)  # exclusion level of a key that never leaks
+
+
+# --------------------------------------------------------------------------- validation
+def _rows(arr, name: str) -> np.ndarray:
+    a = np.asarray(arr)
+    if a.dtype != np.uint64:
+        raise ValueError(f"{name} must be a uint64 array of packed hashes, got dtype {a.dtype}; "
+                         "use torch_dedup's hashing output or .astype(np.uint64)")
+    if a.ndim == 1:
+        a = a.reshape(-1, 1)
+    elif a.ndim != 2 or a.shape[1] < 1:
+        raise ValueError(f"{name} must have shape (N,) for 64-bit hashes or (N, W) with W >= 1, got {a.shape}")
+    return np.ascontiguousarray(a)
+
+
+def _int_arg(name: str, value, lo: int, hi: int) -> int:
+    if isinstance(value, (bool, np.bool_)) or not isinstance(value, numbers.Integral):
+        raise ValueError(f"{name} must be an int in [0, {hi}], got {value!r} ({type(value).__name__})")
+    if not lo <= int(value) <= hi:
+        raise ValueError(f"{name}={int(value)} is out of range; allowed [{lo}, {hi}] for {hi}-bit hashes")
+    return int(value)
+
+
+def _per_item(name: str, value, n: int) -> np.ndarray:
+    a = np.asarray(value)
+    if a.shape != (n,):
+        raise ValueError(f"{name} must have shape ({n},), one entry per hash, got shape {a.shape}")
+    return a
+
+
+def _order(priority, vidx: np.ndarray) -> tuple[np.ndarray, str]:
+    """Valid items (local positions) in keep-priority order: higher score first, ties by index."""
+    if priority is None:
+        return np.arange(len(vidx), dtype=np.int64), "index"
+    p = priority[vidx]
+    if p.dtype.kind == "f":
+        key = -p.astype(np.float64)
+    elif p.dtype.kind == "u":
+        key = ~p.astype(np.uint64)  # order-reversing without overflow
+    else:
+        key = ~p.astype(np.int64)
+    return np.argsort(key, kind="stable").astype(np.int64), "score"
+
+
+def _class_codes(labels: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """``(classes, codes)`` like ``np.unique(labels, return_inverse=True)``, in O(N) for compact labels."""
+    if len(labels) == 0:
+        return np.zeros(0, np.int64), np.zeros(0, np.int64)
+    lo, hi = int(labels.min()), int(labels.max())
+    if hi - lo > 4 * len(labels) + (1 << 16):  # sparse label values: sort instead
+        classes, codes = np.unique(labels, return_inverse=True)
+        return classes.astype(np.int64), codes.reshape(-1).astype(np.int64)
+    present = np.bincount(labels - lo, minlength=hi - lo + 1) > 0
+    classes = np.flatnonzero(present).astype(np.int64) + lo
+    lut = np.cumsum(present, dtype=np.int64) - 1
+    return classes, lut[labels - lo]
+
+
+@dataclass
+class _Args:
+    rows: np.ndarray
+    n: int
+    bits: int
+    threshold: int
+    policy: str
+    priority: np.ndarray | None
+    labels: np.ndarray | None
+    per_class: bool
+    against: np.ndarray | None
+    valid: np.ndarray
+
+
+def _validate(hashes, threshold, policy, priority, labels, per_class, against, valid) -> _Args:
+    rows = _rows(hashes, "hashes")
+    n, bits = rows.shape[0], 64 * rows.shape[1]
+    t = _int_arg("threshold", threshold, 0, bits)
+    if policy not in POLICIES:
+        raise ValueError(f"policy={policy!r} is unknown; allowed: {', '.join(map(repr, POLICIES))}")
+    if priority is not None:
+        priority = _per_item("priority", priority, n)
+        if priority.dtype.kind not in "biuf":
+            raise ValueError(f"priority must be a real-valued score array (higher kept first), got dtype "
+                             f"{priority.dtype}")
+        if priority.dtype.kind == "f" and np.isnan(priority).any():
+            raise ValueError(f"priority has {int(np.isnan(priority).sum())} NaN values; give every item a score")
+    if labels is not None:
+        labels = _per_item("labels", labels, n)
+        if labels.dtype.kind not in "iu":
+            raise ValueError(f"labels must be an integer class array, got dtype {labels.dtype}")
+        if labels.dtype.kind == "u" and n and labels.max() > np.iinfo(np.int64).max:
+            raise ValueError("labels must fit in int64")
+        labels = labels.astype(np.int64)
+    if not isinstance(per_class, (bool, np.bool_)):
+        raise ValueError(f"per_class must be True or False, got {per_class!r}")
+    if per_class and labels is None:
+        raise ValueError("per_class=True needs labels=: an (N,) int array of class labels (e.g. dataset.targets)")
+    if against is not None:
+        against = _rows(against, "against")
+        if against.shape[1] != rows.shape[1]:
+            raise ValueError(f"against has {against.shape[1]} 64-bit words per hash but hashes have "
+                             f"{rows.shape[1]}; hash both sets with the same method and hash_size")
+    if valid is None:
+        valid = np.ones(n, np.bool_)
+    else:
+        valid = _per_item("valid", valid, n)
+        if valid.dtype != np.bool_:
+            raise ValueError(f"valid must be a bool mask (True = hashed), got dtype {valid.dtype}")
+    return _Args(rows, n, bits, t, policy, priority, labels, bool(per_class), against, valid)
+
+
+# --------------------------------------------------------------------------- the key graph
+@dataclass
+class _Graph:
+    vidx: np.ndarray        # (Nv,) global index of each valid item
+    uniq: np.ndarray        # (U, W) distinct hash values of valid items
+    inv: np.ndarray         # (Nv,) item -> distinct value
+    item_key: np.ndarray    # (Nv,) item -> key id (key ids are priority positions)
+    best: np.ndarray        # (K,) key -> its best member (local item index)
+    key_class: np.ndarray   # (K,) class code of the key's best member (0 without labels)
+    n_classes: int
+    classes: np.ndarray     # (C,) label values
+    item_code: np.ndarray | None  # (Nv,) class code per valid item
+    vc_groups: tuple | None  # (value, class, first item, item -> group) of the (value, label) groups
+    indptr: np.ndarray
+    nbr: np.ndarray
+    dist: np.ndarray
+    excl_level: np.ndarray  # (K,) smallest threshold at which a key leaks into `against`
+    upairs: np.ndarray      # (P, 2) distinct-value pairs within the search threshold
+    udist: np.ndarray
+    leak_row: np.ndarray    # (U,) nearest row of `against` per distinct value (-1 if none)
+    leak_dist: np.ndarray   # (U,) its distance (_NEVER if none)
+
+
+def _graph(a: _Args, search_t: int, order_v_fn) -> tuple[_Graph, str]:
+    vidx = np.flatnonzero(a.valid).astype(np.int64)
+    hv = a.rows[vidx]
+    uniq, inv, _ = unique_hashes(hv)
+    uniq = uniq.reshape(len(uniq), a.rows.shape[1])
+    n_u = len(uniq)
+    # `uniq` is sorted and distinct, so its unique rows are itself (and the search's own
+    # np.unique on sorted input is nearly free): pair indices are rows of `uniq`.
+    up = unique_pairs(uniq, search_t)
+    upairs, udist = up.pairs, up.distances
+
+    leak_row = np.full(n_u, -1, np.int64)
+    leak_dist = np.full(n_u, _NEVER, np.int64)
+    if a.against is not None and len(a.against) and n_u:
+        _, _, a_first = unique_hashes(a.against)
+        lp = unique_pairs(uniq, search_t, other=a.against)
+        if len(lp.pairs):
+            u_side, rows_b = lp.pairs[:, 0], a_first[lp.pairs[:, 1]]
+            d = lp.distances.astype(np.int64)
+            o = np.lexsort((rows_b, d, u_side))  # nearest, then lowest row, per value
+            first = np.unique(u_side[o], return_index=True)[1]
+            sel = o[first]
+            leak_row[u_side[sel]] = rows_b[sel]
+            leak_dist[u_side[sel]] = d[sel]
+
+    classes = np.zeros(1, np.int64)
+    item_code = vc_groups = None
+    if a.labels is not None:
+        classes, item_code = _class_codes(a.labels[vidx])
+        vc_groups = _k.value_class_groups(inv, item_code, n_u)
+    n_classes = max(len(classes), 1)
+    if a.per_class:
+        key_uid, key_code, _, kinv = vc_groups
+    else:
+        kinv, key_uid, key_code = inv, np.arange(n_u, dtype=np.int64), None
+    n_keys = len(key_uid)
+
+    order_v, kind = order_v_fn(vidx)
+    firstpos = _k.best_position(kinv[order_v], n_keys)
+    korder = np.argsort(firstpos, kind="stable")           # position -> key
+    kpos = np.empty(n_keys, np.int64)
+    kpos[korder] = np.arange(n_keys, dtype=np.int64)       # key -> position
+    best = order_v[firstpos[korder]]
+    if key_code is not None:
+        key_class = key_code[korder]
+    elif item_code is not None:
+        key_class = item_code[best]
+    else:
+        key_class = np.zeros(n_keys, np.int64)
+
+    if a.per_class:
+        key_ptr = np.searchsorted(key_uid, np.arange(n_u + 1))
+        ka, kb, kd = _k.expand_key_pairs(upairs[:, 0], upairs[:, 1], udist, key_ptr, key_code)
+        pa, pb = kpos[ka], kpos[kb]
+    else:
+        pa, pb, kd = kpos[upairs[:, 0]], kpos[upairs[:, 1]], udist
+    indptr, nbr, dist = _k.lower_csr(pa, pb, kd, n_keys)
+    excl_level = leak_dist[key_uid[korder]]
+    g = _Graph(vidx, uniq, inv, kpos[kinv], best, key_class, n_classes, classes, item_code, vc_groups, indptr,
+               nbr, dist, excl_level, upairs, udist, leak_row, leak_dist)
+    return g, kind
+
+
+def _label_conflicts(g: _Graph, threshold: int, n: int) -> tuple[np.ndarray, np.ndarray]:
+    """Pairs within ``threshold`` whose labels differ, one per pair of ``(hash, label)`` groups.
+
+    Each group stands for itself by its lowest-index item, so a block of 10k identical
+    placeholder images over 10 labels gives 45 pairs, not 5·10⁷. Sorted, ``i < j``.
+    """
+    within = g.udist <= threshold
+    pu, pv, pd = g.upairs[within, 0], g.upairs[within, 1], g.udist[within]
+    g_value, _, g_first, _ = g.vc_groups                     # sorted by value, then class
+    members = g.vidx[g_first]
+    mem_ptr = np.zeros(len(g.uniq) + 1, np.int64)
+    np.cumsum(np.bincount(g_value, minlength=len(g.uniq)), out=mem_ptr[1:])
+    run_end = np.arange(1, len(members) + 1, dtype=np.int64)  # one group per (value, class) run
+    item_class = np.full(n, -1, np.int64)
+    item_class[g.vidx] = g.item_code
+    i, j, d = _k.cross_label_pairs(pu, pv, pd, mem_ptr, members, item_class, run_end)
+    o = np.argsort(i * n + j)  # pairs are distinct, so no ties
+    return np.stack([i[o], j[o]], axis=1).reshape(-1, 2), d[o]
+
+
+# --------------------------------------------------------------------------- public API
+def find_duplicates(hashes, threshold=6, *, policy="greedy", priority=None, labels=None, per_class=False,
+                    against=None, valid=None, sweep_max=None, provenance=None, settings=None) -> DedupPlan:
+    """Decide which items to keep: near-duplicates are items within ``threshold`` bits.
+
+    Greedy (default) visits items in keep-priority order and keeps an item unless an
+    already kept item is within the threshold; with dataset order it keeps exactly what
+    ``imagededup``'s ``find_duplicates_to_remove`` keeps. ``"components"`` keeps the
+    highest-priority item of each connected component of the near-duplicate graph.
+
+    Args:
+        hashes: ``(N,)`` uint64 (64-bit hashes) or ``(N, W)`` uint64.
+        threshold: Hamming threshold, an int in ``[0, 64 * W]``.
+        policy: ``"greedy"`` or ``"components"``.
+        priority: None for dataset order, or an ``(N,)`` real score array: higher is
+            kept first, ties by lower index.
+        labels: optional ``(N,)`` int class labels; cross-label pairs within the
+            threshold are reported in ``plan.label_conflicts`` (one pair per pair of
+            ``(hash value, label)`` groups, each named by its lowest-index item).
+        per_class: only same-label items can be duplicates (requires ``labels``).
+        against: ``(M,)``/``(M, W)`` uint64 hashes of another set (e.g. the test set);
+            items within the threshold of any of them are removed first (``plan.leaks``)
+            and take no further part.
+        valid: ``(N,)`` bool, False for items that failed to hash: neither kept nor
+            removed (``plan.failed``), excluded from everything.
+        sweep_max: also record in ``plan.sweep`` the kept count at every threshold
+            ``0..sweep_max`` (one search at ``max(threshold, sweep_max)``).
+        provenance: JSON-able dict stored in the plan (fingerprint, versions, sidecar).
+        settings: JSON-able dict merged into ``plan.settings`` (method, hash_size, ...).
+
+    Returns:
+        A :class:`~torch_dedup.plan.DedupPlan` (empty for ``N == 0``).
+
+    Raises:
+        ValueError: a bad argument (names it, its value and what is allowed).
+
+    Example:
+        >>> import numpy as np
+        >>> h = np.array([0b0000, 0b0001, 0b0011, 0xF0F0], dtype=np.uint64)
+        >>> plan = find_duplicates(h, threshold=1)
+        >>> plan.keep.tolist(), plan.representative.tolist()
+        ([True, False, True, True], [0, 0, 2, 3])
+        >>> find_duplicates(h, threshold=1, policy="components").kept_indices.tolist()
+        [0, 3]
+    """
+    a = _validate(hashes, threshold, policy, priority, labels, per_class, against, valid)
+    if sweep_max is not None:
+        sweep_max = _int_arg("sweep_max", sweep_max, 0, a.bits)
+    if settings is not None and not isinstance(settings, dict):
+        raise ValueError(f"settings must be a dict or None, got {type(settings).__name__}")
+    if provenance is not None and not isinstance(provenance, dict):
+        raise ValueError(f"provenance must be a dict or None, got {type(provenance).__name__}")
+    n, t = a.n, a.threshold
+    search_t = t if sweep_max is None else max(t, sweep_max)
+    g, kind = _graph(a, search_t, lambda vidx: _order(a.priority, vidx))
+    excluded = g.excl_level <= t
+
+    if a.policy == "greedy":
+        kept_k, rep_k, rd_k = _k.greedy_keys(g.indptr, g.nbr, g.dist, t, excluded)
+        leader = np.where(kept_k, np.arange(len(kept_k)), rep_k)
+        pk = g.item_key
+        rep_local = g.best[leader[pk]]
+        dist_local = np.where(kept_k[pk], 0, rd_k[pk]).astype(np.int16)
+    else:
+        leader = _k.components_keys(g.indptr, g.nbr, g.dist, t, excluded)
+        pk = g.item_key
+        rep_local = g.best[np.maximum(leader[pk], 0)]
+        xor = g.uniq[g.inv] ^ g.uniq[g.inv[rep_local]]
+        dist_local = np.bitwise_count(xor).sum(axis=1, dtype=np.int64).astype(np.int16)
+    out_local = excluded[g.item_key]
+    keep_local = (rep_local == np.arange(len(g.vidx))) & ~out_local
+
+    keep = np.zeros(n, np.bool_)
+    leaked = np.zeros(n, np.bool_)
+    rep = np.full(n, -1, np.int64)
+    dist = np.full(n, -1, np.int16)
+    keep[g.vidx] = keep_local
+    leaked[g.vidx] = out_local
+    live = g.vidx[~out_local]
+    rep[live] = g.vidx[rep_local[~out_local]]
+    dist[live] = dist_local[~out_local]
+    group = np.full(n, -1, np.int64)
+    kept_idx = np.flatnonzero(keep)
+    group[kept_idx] = np.arange(len(kept_idx))
+    group[live] = group[rep[live]]
+
+    leaked_idx = np.flatnonzero(leaked)
+    u_of = np.full(n, -1, np.int64)
+    u_of[g.vidx] = g.inv
+    leaks = np.stack([leaked_idx, g.leak_row[u_of[leaked_idx]], g.leak_dist[u_of[leaked_idx]]], axis=1)
+
+    dtype_d = np.uint8 if a.bits <= 255 else np.uint16
+    if a.labels is not None and len(g.vidx):
+        conflicts, conflict_d = _label_conflicts(g, t, n)
+    else:
+        conflicts, conflict_d = np.zeros((0, 2), np.int64), np.zeros(0, dtype_d)
+
+    sweep = None
+    if sweep_max is not None:
+        sweep = _sweep_counts(g, a.policy, sweep_max).sum(axis=1).astype(np.int64)
+
+    base = {"threshold": t, "policy": a.policy, "hash_bits": a.bits, "hash_words": int(a.rows.shape[1]),
+            "priority": kind if a.priority is not None else "index", "per_class": a.per_class,
+            "has_labels": a.labels is not None, "against_size": None if a.against is None else len(a.against),
+            "n_failed": int(n - len(g.vidx)), "sweep_max": sweep_max}
+    base = {**(settings or {}), **base}  # computed facts win over caller labels of the same name
+    plan = DedupPlan(n=n, threshold=t, policy=a.policy, keep=keep, group=group, representative=rep,
+                     distance_to_rep=dist, failed=~a.valid, leaked=leaked, labels=a.labels, per_class=a.per_class,
+                     label_conflicts=conflicts.astype(np.int64), label_conflict_distances=conflict_d.astype(dtype_d),
+                     leaks=leaks.astype(np.int64).reshape(-1, 3), sweep=sweep, settings=base,
+                     provenance=dict(provenance or {}))
+    logger.debug("find_duplicates: %d items, threshold %d, %s: kept %d, removed %d, leaked %d, failed %d",
+                n, t, a.policy, plan.n_kept, len(live) - plan.n_kept, len(leaked_idx), n - len(g.vidx))
+    return plan
+
+
+def _sweep_counts(g: _Graph, policy: str, max_t: int) -> np.ndarray:
+    kernel = _k.sweep_greedy if policy == "greedy" else _k.sweep_components
+    return kernel(g.indptr, g.nbr, g.dist, g.excl_level, g.key_class, g.n_classes, max_t)
+
+
+class ClassSweep(NamedTuple):
+    """Per-class sweep: label values and kept counts per threshold.
+
+    Attributes:
+        classes: ``(C,)`` int64 label values, ascending.
+        kept: ``(T+1, C)`` int64: items of each class kept at thresholds ``0..T``.
+    """
+
+    classes: np.ndarray
+    kept: np.ndarray
+
+
+def _sweep(hashes, max_threshold, policy, priority, labels, per_class, valid):
+    a = _validate(hashes, 0, policy, priority, labels, per_class, None, valid)
+    max_t = _int_arg("max_threshold", max_threshold, 0, a.bits)
+    a.threshold = max_t
+    g, _ = _graph(a, max_t, lambda vidx: _order(a.priority, vidx))
+    return g, _sweep_counts(g, a.policy, max_t).astype(np.int64)
+
+
+def sweep_thresholds(hashes, max_threshold, *, policy="greedy", priority=None, labels=None, per_class=False,
+                     valid=None) -> np.ndarray:
+    """Kept count at every threshold ``0..max_threshold`` from one search.
+
+    ``result[t]`` equals ``find_duplicates(hashes, t, ...).n_kept`` for the same
+    arguments; the search runs once at ``max_threshold`` and the keep decision is
+    re-run per level in numba (levels in parallel).
+
+    Args:
+        hashes: ``(N,)`` or ``(N, W)`` uint64.
+        max_threshold: largest threshold, an int in ``[0, 64 * W]``.
+        policy, priority, labels, per_class, valid: as in :func:`find_duplicates`.
+
+    Returns:
+        ``(max_threshold + 1,)`` int64 kept counts.
+
+    Raises:
+        ValueError: a bad argument.
+
+    Example:
+        >>> import numpy as np
+        >>> sweep_thresholds(np.array([0, 1, 3, 7], dtype=np.uint64), 2).tolist()
+        [4, 2, 2]
+    """
+    return _sweep(hashes, max_threshold, policy, priority, labels, per_class, valid)[1].sum(axis=1)
+
+
+def sweep_thresholds_by_class(hashes, max_threshold, *, labels, policy="greedy", priority=None, per_class=False,
+                              valid=None) -> ClassSweep:
+    """Kept count per class at every threshold ``0..max_threshold`` from one search.
+
+    Args:
+        hashes: ``(N,)`` or ``(N, W)`` uint64.
+        max_threshold: largest threshold.
+        labels: ``(N,)`` int class labels (required).
+        policy, priority, per_class, valid: as in :func:`find_duplicates`.
+
+    Returns:
+        :class:`ClassSweep` ``(classes, kept)``; ``kept[t, c]`` is the number of kept
+        items of label ``classes[c]`` at threshold ``t``; rows sum to
+        :func:`sweep_thresholds`.
+
+    Raises:
+        ValueError: a bad argument, or no labels.
+
+    Example:
+        >>> import numpy as np
+        >>> r = sweep_thresholds_by_class(np.array([0, 1], np.uint64), 1, labels=np.array([3, 5]))
+        >>> r.classes.tolist(), r.kept.tolist()
+        ([3, 5], [[1, 1], [1, 0]])
+    """
+    if labels is None:
+        raise ValueError("labels= is required: an (N,) int array of class labels")
+    g, counts = _sweep(hashes, max_threshold, policy, priority, labels, per_class, valid)
+    return ClassSweep(g.classes.astype(np.int64), counts[:, :len(g.classes)])
