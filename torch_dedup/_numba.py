@@ -15,4 +15,9 @@ NJIT_PARALLEL = dict(cache=True, nogil=True, fastmath=False, error_model="numpy"
 njit = numba.njit
 prange = numba.prange
 
-__all__ = ["NJIT", "NJIT_PARALLEL", "njit", "prange"]
+__all__ = ["NJIT", "NJIT_PARALLEL", "njit", "num_threads", "prange"]
+
+
+def num_threads() -> int:
+    """Threads numba's parallel kernels may use (``numba.get_num_threads``)."""
+    return numba.get_num_threads()

@@ -2,4 +2,4 @@
 
 from .api import METHODS, HashResult, from_hex, hash_array, hash_bits, hash_images, to_hex
 
-__all__ = ["METHODS", "HashResult", "from_hex", "hash_array", "hash_bits", "hash_images", "to_hex"]
+__all__ = ["HashResult", "METHODS", "from_hex", "hash_array", "hash_bits", "hash_images", "to_hex"]
