@@ -7,7 +7,15 @@ import pytest
 from PIL import Image
 
 from torch_dedup.errors import ImageDecodeError
-from torch_dedup.hashing.api import METHODS, HashResult, from_hex, hash_array, hash_bits, hash_images, to_hex
+from torch_dedup.hashing.api import (
+    METHODS,
+    HashResult,
+    from_hex,
+    hash_array,
+    hash_bits,
+    hash_images,
+    to_hex,
+)
 from torch_dedup.sample import load_sample
 
 # Hex strings of imagehash 4.3.2 (Pillow 13) for embedded sample items 0..4 and a synthetic
@@ -207,3 +215,29 @@ def test_on_error_raise_names_file(bad_files):
 
 def test_methods_constant():
     assert METHODS == ("ahash", "dhash", "phash", "whash")
+
+
+def test_process_pool_path_is_exact_and_reused(tmp_path, monkeypatch):
+    import imagehash
+    from PIL import Image
+
+    from torch_dedup.hashing import api
+    from torch_dedup.sample import load_sample
+
+    monkeypatch.setattr(api, "_POOL_MIN_FILES", 1)  # exercise the pool on a small list
+    images = load_sample(40)[0]
+    paths = []
+    for i, a in enumerate(images):
+        p = tmp_path / f"{i}.jpg"
+        Image.fromarray(np.stack([a, a.T, a[::-1]], -1)).resize((40 + i, 36)).save(p)
+        paths.append(p)
+    (tmp_path / "bad.jpg").write_bytes(b"not an image")
+    paths.insert(7, tmp_path / "bad.jpg")
+    for method in ("dhash", "phash"):
+        got = api.hash_images(paths, method, 8, workers=2, on_error="skip", batch_size=16)
+        assert got.failures[0][0] == 7 and not got.valid[7]
+        for i, p in enumerate(paths):
+            if i != 7:
+                with Image.open(p) as im:
+                    assert api.to_hex(got)[i] == str(getattr(imagehash, method)(im))
+    assert len(api._POOLS) == 1  # one persistent pool, reused across calls

@@ -8,8 +8,19 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from PIL import Image
 
-from torch_dedup.hashing._methods import _phash_exact, phash_bits, phash_bits_blas, whash_bits
-from torch_dedup.hashing._resample import lanczos_matrix, pillow_pass_order, resize_stack, rgb_to_l
+from torch_dedup.hashing._methods import (
+    _phash_exact,
+    phash_bits,
+    phash_bits_blas,
+    whash_bits,
+)
+from torch_dedup.hashing._resample import (
+    fused_gray_resize,
+    lanczos_matrix,
+    pillow_pass_order,
+    resize_stack,
+    rgb_to_l,
+)
 
 
 def pil_resize(stack, width, height):
@@ -97,3 +108,83 @@ def test_phash_kernel_path_equals_blas_reference():
     for size, side in ((8, 32), (16, 64)):
         pixels = resize_stack(images, side, side)
         np.testing.assert_array_equal(phash_bits(pixels, size)[0], phash_bits_blas(pixels, size)[0])
+
+
+# --------------------------------------------------------------------- fused numba kernels
+
+
+def _as_pil_gray(stack4):
+    c = stack4.shape[3]
+    mode = {1: "L", 2: "LA", 3: "RGB", 4: "RGBA"}[c]
+    return [Image.fromarray(a[..., 0] if c == 1 else a, mode).convert("L") for a in stack4]
+
+
+@pytest.mark.parametrize("channels", [1, 2, 3, 4])
+def test_fused_gray_resize_equals_numpy_emulation_and_pillow(channels):
+    from torch_dedup.hashing._kernels import MODE_PIXELS
+
+    rng = np.random.default_rng(channels)
+    # square, elongated both ways (both pass orders), up and down, one axis unchanged
+    for h, w, height, width in [(32, 32, 8, 8), (32, 32, 8, 9), (32, 32, 32, 32), (28, 28, 32, 32),
+                                (60, 13, 7, 11), (13, 60, 11, 7), (46, 46, 26, 44), (1, 9, 8, 8),
+                                (9, 1, 9, 8), (40, 17, 40, 5), (17, 40, 5, 40), (71, 3, 64, 64)]:
+        stack = rng.integers(0, 256, (3, h, w, channels), dtype=np.uint8)
+        stack[0] = (np.indices((h, w)).sum(0) % 2 * 255)[..., None]  # saturating checkerboard
+        got = fused_gray_resize(stack, width, height, MODE_PIXELS)
+        gray = np.stack([np.asarray(g) for g in _as_pil_gray(stack)])
+        np.testing.assert_array_equal(got, resize_stack(gray, width, height), err_msg=f"{h}x{w}->{height}x{width}")
+        np.testing.assert_array_equal(got, pil_resize(gray, width, height), err_msg=f"{h}x{w}->{height}x{width}")
+
+
+@settings(max_examples=40, deadline=None)
+@given(h=st.integers(1, 80), w=st.integers(1, 80), size=st.integers(2, 17), seed=st.integers(0, 2**32 - 1),
+       channels=st.sampled_from([1, 3, 4]))
+def test_fused_ahash_dhash_equal_numpy_methods(h, w, size, seed, channels):
+    from torch_dedup.hashing._kernels import MODE_AHASH, MODE_DHASH
+    from torch_dedup.hashing._methods import ahash_bits, dhash_bits
+    from torch_dedup.hashing._pack import pack_bits, packed_words
+
+    stack = np.random.default_rng(seed).integers(0, 256, (4, h, w, channels), dtype=np.uint8)
+    stack[1] //= 64  # few levels: many ties in the comparisons
+    gray = np.stack([np.asarray(g) for g in _as_pil_gray(stack)])
+    for mode, (tw, th), ref in ((MODE_AHASH, (size, size), ahash_bits), (MODE_DHASH, (size + 1, size), dhash_bits)):
+        words = np.full((4, packed_words(size * size)), 7, dtype=np.uint64)
+        fused_gray_resize(stack, tw, th, mode, words)
+        np.testing.assert_array_equal(words, pack_bits(ref(pil_resize(gray, tw, th))))
+
+
+def test_parallel_kernels_equal_serial():
+    from torch_dedup.hashing._kernels import MODE_AHASH, MODE_DHASH, MODE_PIXELS
+    from torch_dedup.hashing._methods import phash_words
+    from torch_dedup.sample import load_sample
+
+    images = load_sample(1500)[0]
+    rgb = np.stack([images, images[:, ::-1], images[:, :, ::-1]], -1)
+    for mode, tw, th in ((MODE_AHASH, 8, 8), (MODE_DHASH, 9, 8)):
+        serial = np.empty((len(rgb), 1), np.uint64)
+        parallel = np.empty((len(rgb), 1), np.uint64)
+        fused_gray_resize(rgb, tw, th, mode, serial)
+        fused_gray_resize(rgb, tw, th, mode, parallel, parallel=True)
+        np.testing.assert_array_equal(serial, parallel)
+    small = fused_gray_resize(rgb, 32, 32, MODE_PIXELS, parallel=True)
+    np.testing.assert_array_equal(small, fused_gray_resize(rgb, 32, 32, MODE_PIXELS))
+    np.testing.assert_array_equal(phash_words(small, 8, parallel=True)[0], phash_words(small, 8)[0])
+
+
+def test_phash_low_kernel_matches_scipy_dct():
+    import scipy.fftpack
+
+    from torch_dedup.hashing._kernels import phash_low_kernel
+    from torch_dedup.hashing._methods import PHASH_REL_TOL, _dct_rows
+
+    rng = np.random.default_rng(3)
+    for size in (2, 8, 16):
+        pixels = rng.integers(0, 256, (20, 4 * size, 4 * size), dtype=np.uint8)
+        low = np.empty((20, size * size))
+        tol = np.empty(20)
+        phash_low_kernel(pixels, _dct_rows(4 * size, size), PHASH_REL_TOL, low, tol)
+        for i, x in enumerate(pixels):
+            ref = scipy.fftpack.dct(scipy.fftpack.dct(x.astype(float), axis=0), axis=1)[:size, :size]
+            # far inside the certified margin (the margin is 1e-9 of the bound 4 * sum)
+            assert np.max(np.abs(low[i] - ref.ravel())) < 1e-12 * 4 * x.sum()
+            assert tol[i] == PHASH_REL_TOL * (4.0 * int(x.sum()) + 1.0)

@@ -18,7 +18,7 @@ from PIL import Image
 
 from torch_dedup.hashing._methods import resize_target
 
-__all__ = ["decode_batch", "load_file", "prepare_pil"]
+__all__ = ["decode_batch", "hash_files", "load_file", "load_pixels", "prepare_pil"]
 
 _LANCZOS = Image.Resampling.LANCZOS
 
@@ -53,6 +53,71 @@ def load_file(path: str | os.PathLike, method: str, hash_size: int, fast_decode:
     small = gray.resize(target, _LANCZOS)
     return np.asarray(small, dtype=np.uint8).copy()
 
+
+def load_pixels(path: str | os.PathLike, method: str, hash_size: int, fast_decode: bool = False) -> np.ndarray:
+    """Open and decode ``path`` to the array whose Pillow ``convert('L')`` imagehash would resize.
+
+    ``L`` and ``RGB`` images come back as stored, ``(H, W, 1)`` or ``(H, W, 3)``: the
+    stacked kernels then do Pillow's integer RGB->L and the Lanczos resize exactly
+    (tested), in a batch, saving Pillow's per-image ``convert`` and ``resize`` calls.
+    Other modes (P, CMYK, I;16, RGBA, ...) are converted by Pillow itself, ``(H, W, 1)``.
+    With ``fast_decode``, JPEGs are drafted as in :func:`load_file`.
+    """
+    with Image.open(path) as im:
+        if fast_decode:
+            width, height = im.size
+            im.draft("L", resize_target(method, hash_size, width, height))
+        if im.mode not in ("L", "RGB"):
+            im = im.convert("L")
+        arr = np.asarray(im)
+    return arr[:, :, None] if arr.ndim == 2 else arr
+
+
+#: Files decoded per step before their hashes are computed, and the decoded bytes at
+#: which a step ends early (bounds memory for big images).
+_DECODE_STEP = 512
+_DECODE_BYTES = 1 << 26
+
+
+def hash_files(
+    tasks: Sequence[tuple[int, str]], method: str, hash_size: int, fast_decode: bool
+) -> list[tuple[int, np.ndarray | None, str | None]]:
+    """Decode and hash many files; never raises for a bad file (runs in pool workers too).
+
+    Files are decoded up to ``_DECODE_STEP`` (or ``_DECODE_BYTES``) at a time; decoded arrays of the same shape are
+    stacked and hashed by the stacked (fused numba) path, so only ``Image.open`` and the
+    decode run per file in Python.
+
+    Returns:
+        ``(index, words, None)`` with the packed ``uint64`` words ``(W,)`` on success, or
+        ``(index, None, reason)`` on failure, in the order of ``tasks``.
+    """
+    from torch_dedup.hashing.api import _hash_stack
+
+    out: list[tuple[int, np.ndarray | None, str | None]] = []
+    pos = 0
+    while pos < len(tasks):
+        done: dict[int, tuple] = {}
+        groups: dict[tuple, list[tuple[int, np.ndarray]]] = {}
+        nbytes = 0
+        part = []
+        while pos < len(tasks) and len(part) < _DECODE_STEP and nbytes < _DECODE_BYTES:
+            index, path = tasks[pos]
+            pos += 1
+            part.append(index)
+            try:
+                arr = load_pixels(path, method, hash_size, fast_decode)
+            except Exception as exc:  # any decoder failure is reported per file, not raised here
+                done[index] = (index, None, f"{type(exc).__name__}: {exc}")
+                continue
+            nbytes += arr.nbytes
+            groups.setdefault(arr.shape, []).append((index, arr))
+        for items in groups.values():
+            words = _hash_stack(np.stack([a for _, a in items]), method, hash_size)
+            for (index, _), row in zip(items, words):
+                done[index] = (index, row, None)
+        out.extend(done[index] for index in part)
+    return out
 
 def decode_batch(
     tasks: Sequence[tuple[int, str]], method: str, hash_size: int, fast_decode: bool

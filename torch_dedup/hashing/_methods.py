@@ -93,30 +93,29 @@ def _phash_exact(pixels: np.ndarray, hash_size: int) -> np.ndarray:
     return (low > np.median(low)).reshape(-1)
 
 
-def phash_words(pixels: np.ndarray, hash_size: int) -> tuple[np.ndarray, int]:
+def phash_words(pixels: np.ndarray, hash_size: int, parallel: bool = False) -> tuple[np.ndarray, int]:
     """Packed phash words ``(N, W)`` of ``(N, 4h, 4h)`` pixels; returns ``(words, fallbacks)``.
 
-    The low-frequency DCT block is two BLAS products (only the first ``hash_size`` rows
-    of the DCT matrix are needed); a numba kernel takes the median, checks the margin
-    and packs the bits. Flagged images are recomputed with scipy, as imagehash does.
+    A numba kernel computes only the low-frequency ``h x h`` DCT block (the first
+    ``hash_size`` rows of the DCT matrix, using its even/odd symmetry); numpy's SIMD sort
+    gives the medians; a second kernel checks the certified margin and packs the bits.
+    Flagged images are recomputed with scipy, as imagehash does.
     """
-    from torch_dedup.hashing._kernels import median_bits_kernel
+    from torch_dedup.hashing import _kernels
     from torch_dedup.hashing._pack import pack_bits, packed_words
 
     n, size, _ = pixels.shape
-    rows = _dct_rows(size, hash_size)
-    x = pixels.reshape(n * size, size).astype(np.float64)
-    y = x @ rows.T  # X C^T, (n*size, h)
-    y = np.ascontiguousarray(y.reshape(n, size, hash_size).transpose(0, 2, 1))
-    low_t = y.reshape(n * hash_size, size) @ rows.T  # rows of (C X C^T)^T
-    low = np.ascontiguousarray(low_t.reshape(n, hash_size, hash_size).transpose(0, 2, 1)).reshape(n, -1)
-    tol = PHASH_REL_TOL * (4.0 * pixels.reshape(n, -1).sum(axis=1, dtype=np.int64) + 1.0)
-    srt = np.sort(low, axis=1)  # numpy's SIMD sort beats partition for 64-256 values
-    m = low.shape[1]
+    pixels = np.ascontiguousarray(pixels)
+    m = hash_size * hash_size
+    low = np.empty((n, m), dtype=np.float64)
+    tol = np.empty(n, dtype=np.float64)
+    kernel = _kernels.phash_low_kernel_parallel if parallel else _kernels.phash_low_kernel
+    kernel(pixels, _dct_rows(size, hash_size), PHASH_REL_TOL, low, tol)
+    srt = np.sort(low, axis=1)  # numpy's SIMD sort beats partition (and numba) for 64-256 values
     med = srt[:, m // 2] if m % 2 else (srt[:, m // 2 - 1] + srt[:, m // 2]) / 2.0
-    words = np.empty((n, packed_words(hash_size * hash_size)), dtype=np.uint64)
+    words = np.empty((n, packed_words(m)), dtype=np.uint64)
     unsure = np.empty(n, dtype=np.bool_)
-    median_bits_kernel(low, np.ascontiguousarray(med), tol, words, unsure)
+    _kernels.median_bits_kernel(low, np.ascontiguousarray(med), tol, words, unsure)
     idx = np.flatnonzero(unsure)
     if idx.size:
         words[idx] = pack_bits(np.stack([_phash_exact(pixels[i], hash_size) for i in idx]))

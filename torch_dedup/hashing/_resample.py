@@ -37,7 +37,7 @@ import numpy as np
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["lanczos_matrix", "pillow_pass_order", "resize_stack", "rgb_to_l"]
+__all__ = ["fused_gray_resize", "lanczos_coeffs", "lanczos_matrix", "pillow_pass_order", "resize_stack", "rgb_to_l"]
 
 PRECISION_BITS = 32 - 8 - 2
 _LANCZOS_SUPPORT = 3.0
@@ -57,20 +57,26 @@ def _lanczos(x: float) -> float:
 
 
 @lru_cache(maxsize=256)
-def lanczos_matrix(in_size: int, out_size: int) -> np.ndarray:
-    """Pillow's integer Lanczos weights for one axis, as a dense ``(out, in)`` float64 matrix.
+def lanczos_coeffs(in_size: int, out_size: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Pillow's integer Lanczos weights for one axis, in Pillow's own sparse layout.
 
     Mirrors ``precompute_coeffs`` + ``normalize_coeffs_8bpc`` of Pillow's ``Resample.c``
     (box = whole image), operation for operation, so every weight is the same integer.
-    The returned array is read-only (it is cached).
+
+    Returns:
+        ``(bounds, sizes, weights)``: per output index the first input index ``xmin``,
+        the number of taps, and the ``int32`` weights ``(out_size, max_taps)`` (zero
+        padded). All read-only (cached).
     """
     # (double)(in1 - in0) / outSize with in0 = 0.0f, in1 = (float)in_size
     scale = float(in_size) / out_size
     filterscale = max(scale, 1.0)
     support = _LANCZOS_SUPPORT * filterscale
     ss = 1.0 / filterscale
-    mat = np.zeros((out_size, in_size), dtype=np.float64)
     one = float(1 << PRECISION_BITS)
+    bounds = np.zeros(out_size, dtype=np.int64)
+    sizes = np.zeros(out_size, dtype=np.int64)
+    rows = []
     for xx in range(out_size):
         center = 0.0 + (xx + 0.5) * scale
         xmin = max(int(center - support + 0.5), 0)
@@ -81,12 +87,33 @@ def lanczos_matrix(in_size: int, out_size: int) -> np.ndarray:
             w = _lanczos(((x + xmin) - center + 0.5) * ss)
             ws.append(w)
             ww += w
-        for x, w in enumerate(ws):
+        ks = []
+        for w in ws:
             if ww != 0.0:
                 w = w / ww
             # C's (int) cast truncates toward zero, like Python's int().
-            k = int(-0.5 + w * one) if w < 0 else int(0.5 + w * one)
-            mat[xx, xmin + x] = k
+            ks.append(int(-0.5 + w * one) if w < 0 else int(0.5 + w * one))
+        bounds[xx], sizes[xx] = xmin, len(ks)
+        rows.append(ks)
+    weights = np.zeros((out_size, max(1, int(sizes.max(initial=0)))), dtype=np.int32)
+    for xx, ks in enumerate(rows):
+        weights[xx, : len(ks)] = ks
+    for arr in (bounds, sizes, weights):
+        arr.setflags(write=False)
+    return bounds, sizes, weights
+
+
+@lru_cache(maxsize=256)
+def lanczos_matrix(in_size: int, out_size: int) -> np.ndarray:
+    """Pillow's integer Lanczos weights for one axis, as a dense ``(out, in)`` float64 matrix.
+
+    The same integers as :func:`lanczos_coeffs`, scattered into a dense matrix. The
+    returned array is read-only (it is cached).
+    """
+    bounds, sizes, weights = lanczos_coeffs(in_size, out_size)
+    mat = np.zeros((out_size, in_size), dtype=np.float64)
+    for xx in range(out_size):
+        mat[xx, bounds[xx]:bounds[xx] + sizes[xx]] = weights[xx, : sizes[xx]]
     mat.setflags(write=False)
     return mat
 
@@ -205,3 +232,43 @@ def rgb_to_l(images: np.ndarray) -> np.ndarray:
     out = np.empty(flat.shape[0], dtype=np.uint8)
     rgb_to_l_kernel(flat, out)
     return out.reshape(shape[:-1])
+
+
+def fused_gray_resize(
+    stack: np.ndarray, width: int, height: int, mode: int, words: np.ndarray | None = None,
+    parallel: bool = False,
+) -> np.ndarray | None:
+    """Grayscale + resize (+ ahash/dhash) of a ``(N, H, W, C)`` uint8 stack in one numba pass.
+
+    Exactly Pillow's ``convert('L').resize((width, height), LANCZOS)``, with the pass order
+    of :func:`pillow_pass_order` (which must not be ``"pil"``; the caller checks).
+
+    Args:
+        stack: C-contiguous ``uint8`` ``(N, H, W, C)``, C in 1..4 (C <= 2: channel 0 is L).
+        width: target width.
+        height: target height.
+        mode: ``_kernels.MODE_PIXELS`` (return the pixels), ``MODE_AHASH`` or ``MODE_DHASH``
+            (pack bits into ``words``; the target must be ``(s, s)`` / ``(s + 1, s)``).
+        words: ``uint64`` ``(N, W)`` output for the hash modes.
+        parallel: split the images over numba's threads.
+
+    Returns:
+        ``uint8`` ``(N, height, width)`` in pixel mode, else None.
+    """
+    from torch_dedup.hashing import _kernels
+
+    n, h, w, _ = stack.shape
+    rule = pillow_pass_order()
+    need_h, need_v = w != width, h != height
+    hb, hs, hw = lanczos_coeffs(w, width) if need_h else _NO_PASS
+    vb, vs, vw = lanczos_coeffs(h, height) if need_v else _NO_PASS
+    vfirst = _vertical_first(h, w, height, width, rule)
+    pixels = np.empty((n, height, width) if mode == _kernels.MODE_PIXELS else (0, 1, 1), dtype=np.uint8)
+    if words is None:
+        words = np.empty((0, 1), dtype=np.uint64)
+    kernel = _kernels.fused_stack_kernel_parallel if parallel else _kernels.fused_stack_kernel
+    kernel(stack, hb, hs, hw, vb, vs, vw, need_h, need_v, vfirst, mode, words, pixels)
+    return pixels if mode == _kernels.MODE_PIXELS else None
+
+
+_NO_PASS = (np.zeros(0, np.int64), np.zeros(0, np.int64), np.zeros((0, 1), np.int32))

@@ -21,7 +21,7 @@ from PIL import Image
 
 from torch_dedup.errors import ImageDecodeError
 from torch_dedup.hashing import _methods
-from torch_dedup.hashing._decode import decode_batch, prepare_pil
+from torch_dedup.hashing._decode import hash_files, prepare_pil
 from torch_dedup.hashing._inputs import (
     is_torch_tensor,
     stack_to_gray,
@@ -29,8 +29,8 @@ from torch_dedup.hashing._inputs import (
     to_channels_last,
     validate_stack,
 )
-from torch_dedup.hashing._pack import hex_to_words, pack_bits, packed_words, words_to_hex
-from torch_dedup.hashing._resample import resize_stack
+from torch_dedup.hashing._pack import hex_to_words, pack_bits, packed_words, unpack_bits, words_to_hex
+from torch_dedup.hashing._resample import fused_gray_resize, pillow_pass_order, resize_stack
 
 __all__ = ["METHODS", "HashResult", "from_hex", "hash_array", "hash_bits", "hash_images", "to_hex"]
 
@@ -257,7 +257,10 @@ def _bits_from_resized(pixels: np.ndarray, method: str, hash_size: int) -> np.nd
     if method == "dhash":
         return _methods.dhash_bits(pixels)
     if method == "phash":
-        bits, fallbacks = _methods.phash_bits(pixels, hash_size)
+        words, fallbacks = _methods.phash_words(pixels, hash_size, parallel=_use_parallel(len(pixels)))
+        if fallbacks:
+            logger.debug("%s: %d of %d images recomputed exactly", method, fallbacks, len(pixels))
+        return unpack_bits(words, hash_size * hash_size)
     else:
         bits, fallbacks = _methods.whash_bits(pixels, hash_size)
     if fallbacks:
@@ -267,6 +270,21 @@ def _bits_from_resized(pixels: np.ndarray, method: str, hash_size: int) -> np.nd
 
 def _chunk_len(h: int, w: int, c: int) -> int:
     return max(1, _CHUNK_BYTES // max(1, h * w * max(c, 8)))
+
+
+#: Stacks at least this long use the multi-threaded (prange) kernels, when numba has
+#: more than one thread; below it, thread start-up costs more than it saves.
+_PARALLEL_MIN = 2048
+#: Images per step of the fused path at most, and the input bytes per step (bounds the
+#: contiguous copy of a strided stack and the resized-pixel buffer for phash/whash).
+_FUSED_STEP = 1 << 16
+_FUSED_BYTES = 1 << 26
+
+
+def _use_parallel(n: int) -> bool:
+    from .._numba import num_threads  # imported late: numba costs ~0.5 s to import
+
+    return n >= _PARALLEL_MIN and num_threads() > 1
 
 
 def _hash_stack(stack: np.ndarray, method: str, hash_size: int, progress: bool = False) -> np.ndarray:
@@ -279,9 +297,11 @@ def _hash_stack(stack: np.ndarray, method: str, hash_size: int, progress: bool =
     if h == 0 or w == 0:
         raise ValueError(f"images has an empty image shape {stack.shape}")
     tw, th = _methods.resize_target(method, hash_size, w, h)
-    step = _chunk_len(h, w, stack.shape[3] if stack.ndim == 4 else 1)
+    if pillow_pass_order() != "pil":
+        return _hash_stack_fused(stack, method, hash_size, tw, th, out, progress)
     from tqdm.auto import tqdm
 
+    step = _chunk_len(h, w, stack.shape[3] if stack.ndim == 4 else 1)
     with tqdm(total=n, disable=not progress, desc=f"{method} hashing", unit="img") as bar:
         for start in range(0, n, step):
             gray = stack_to_gray(stack[start:start + step])
@@ -291,26 +311,80 @@ def _hash_stack(stack: np.ndarray, method: str, hash_size: int, progress: bool =
     return out
 
 
+def _hash_stack_fused(stack, method, hash_size, tw, th, out, progress) -> np.ndarray:
+    """The fused numba path: grayscale + exact resize (+ ahash/dhash bits) in one kernel pass."""
+    from tqdm.auto import tqdm
+
+    from torch_dedup.hashing import _kernels
+
+    if stack.ndim == 3:
+        stack = stack[:, :, :, None]
+    mode = {"ahash": _kernels.MODE_AHASH, "dhash": _kernels.MODE_DHASH}.get(method, _kernels.MODE_PIXELS)
+    n = stack.shape[0]
+    step = max(1, min(_FUSED_STEP, _FUSED_BYTES // max(1, stack[0].nbytes)))
+    bar = tqdm(total=n, desc=f"{method} hashing", unit="img") if progress else None
+    for start in range(0, n, step):
+        part = np.ascontiguousarray(stack[start:start + step])
+        parallel = _use_parallel(len(part))
+        if mode != _kernels.MODE_PIXELS:
+            fused_gray_resize(part, tw, th, mode, out[start:start + len(part)], parallel=parallel)
+        else:
+            small = fused_gray_resize(part, tw, th, mode, parallel=parallel)
+            if method == "phash":
+                words, fallbacks = _methods.phash_words(small, hash_size, parallel=parallel)
+            else:
+                bits, fallbacks = _methods.whash_bits(small, hash_size)
+                words = pack_bits(bits)
+            if fallbacks:
+                logger.debug("%s: %d of %d images recomputed exactly", method, fallbacks, len(small))
+            out[start:start + len(part)] = words
+        if bar is not None:
+            bar.update(len(part))
+    if bar is not None:
+        bar.close()
+    return out
+
+
+#: File lists shorter than this are decoded in-process even when ``workers > 0``:
+#: starting ``spawn`` workers (importing numpy, Pillow, numba) costs about a second.
+_POOL_MIN_FILES = 500
+_POOLS: dict[int, ProcessPoolExecutor] = {}
+
+
+def _get_pool(workers: int) -> ProcessPoolExecutor:
+    """A ``spawn`` process pool of ``workers`` processes, kept for later calls (shut down at exit)."""
+    pool = _POOLS.get(workers)
+    if pool is None:
+        import atexit
+
+        pool = ProcessPoolExecutor(max_workers=workers, mp_context=get_context("spawn"))
+        _POOLS[workers] = pool
+        if len(_POOLS) == 1:
+            atexit.register(_shutdown_pools)
+    return pool
+
+
+def _shutdown_pools() -> None:
+    while _POOLS:
+        _POOLS.popitem()[1].shutdown(cancel_futures=True)
+
+
 def _hash_sequence(items, method, hash_size, on_error, workers, fast_decode, progress, batch_size) -> HashResult:
     n = len(items)
     out = np.zeros((n, packed_words(hash_size * hash_size)), dtype=np.uint64)
     valid = np.ones(n, dtype=bool)
     failures: list[tuple[int, str, str]] = []
     pool = None
-    try:
-        if workers > 0 and any(isinstance(x, (str, os.PathLike)) for x in items):
-            pool = ProcessPoolExecutor(max_workers=workers, mp_context=get_context("spawn"))
-        from tqdm.auto import tqdm
+    if workers > 0 and sum(isinstance(x, (str, os.PathLike)) for x in items) >= _POOL_MIN_FILES:
+        pool = _get_pool(workers)
+    from tqdm.auto import tqdm
 
-        with tqdm(total=n, disable=not progress, desc=f"{method} hashing", unit="img") as bar:
-            for start in range(0, n, batch_size):
-                stop = min(n, start + batch_size)
-                _hash_chunk(items, start, stop, method, hash_size, on_error, fast_decode, pool, workers,
-                            out, valid, failures)
-                bar.update(stop - start)
-    finally:
-        if pool is not None:
-            pool.shutdown(cancel_futures=True)
+    with tqdm(total=n, disable=not progress, desc=f"{method} hashing", unit="img") as bar:
+        for start in range(0, n, batch_size):
+            stop = min(n, start + batch_size)
+            _hash_chunk(items, start, stop, method, hash_size, on_error, fast_decode, pool, workers,
+                        out, valid, failures)
+            bar.update(stop - start)
     return _result(out, valid, failures, method, hash_size)
 
 
@@ -343,11 +417,11 @@ def _hash_chunk(items, start, stop, method, hash_size, on_error, fast_decode, po
             )
     if paths:
         sources = dict(paths)
-        for index, pixels, reason in _decode_paths(paths, method, hash_size, fast_decode, pool, workers):
-            if pixels is None:
+        for index, words, reason in _decode_paths(paths, method, hash_size, fast_decode, pool, workers):
+            if words is None:
                 chunk_failures.append((index, sources[index], reason))
             else:
-                small[index] = pixels
+                out[index] = words
     if chunk_failures:
         chunk_failures.sort()
         if on_error == "raise":
@@ -356,7 +430,7 @@ def _hash_chunk(items, start, stop, method, hash_size, on_error, fast_decode, po
         for index, _, _ in chunk_failures:
             valid[index] = False
         failures.extend(chunk_failures)
-    for shape, idx in arrays.items():
+    for idx in arrays.values():
         stack = np.stack([raw[i] for i in idx])
         out[idx] = _hash_stack(stack, method, hash_size)
     by_shape: dict[tuple, list[int]] = {}
@@ -369,11 +443,16 @@ def _hash_chunk(items, start, stop, method, hash_size, on_error, fast_decode, po
 
 def _decode_paths(paths, method, hash_size, fast_decode, pool, workers):
     if pool is None:
-        return decode_batch(paths, method, hash_size, fast_decode)
+        return hash_files(paths, method, hash_size, fast_decode)
     per_task = max(1, min(256, -(-len(paths) // (4 * workers))))
-    tasks = [paths[k:k + per_task] for k in range(0, len(paths), per_task)]
+    futures = [pool.submit(hash_files, paths[k:k + per_task], method, hash_size, fast_decode)
+               for k in range(0, len(paths), per_task)]
     results = []
-    futures = [pool.submit(decode_batch, t, method, hash_size, fast_decode) for t in tasks]
-    for f in futures:
-        results.extend(f.result())
+    try:
+        for f in futures:
+            results.extend(f.result())
+    except BaseException:
+        for f in futures:
+            f.cancel()
+        raise
     return results
