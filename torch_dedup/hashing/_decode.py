@@ -64,13 +64,22 @@ def load_pixels(path: str | os.PathLike, method: str, hash_size: int, fast_decod
     With ``fast_decode``, JPEGs are drafted as in :func:`load_file`.
     """
     with Image.open(path) as im:
+        width, height = im.size
         if fast_decode:
-            width, height = im.size
             im.draft("L", resize_target(method, hash_size, width, height))
+        if width * height > _PIL_RESIZE_MIN_PIXELS:
+            # Big images: Pillow's own convert + resize (exact by definition) beats the
+            # stacked kernel, whose win is on small images; the stack then needs no resize.
+            target = resize_target(method, hash_size, width, height)  # from the undrafted size, as load_file
+            return np.asarray(im.convert("L").resize(target, _LANCZOS), dtype=np.uint8)[:, :, None]
         if im.mode not in ("L", "RGB"):
             im = im.convert("L")
         arr = np.asarray(im)
     return arr[:, :, None] if arr.ndim == 2 else arr
+
+
+#: Above this many pixels a file is converted and resized by Pillow in the decoding process.
+_PIL_RESIZE_MIN_PIXELS = 128 * 128
 
 
 #: Files decoded per step before their hashes are computed, and the decoded bytes at
