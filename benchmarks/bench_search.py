@@ -150,6 +150,10 @@ def main(argv=None) -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--quick", action="store_true", help="small run: N <= 1M, t sweep at 100k")
     ap.add_argument("--threshold", type=int, default=6)
+    ap.add_argument("--sweep-n", type=int, default=None,
+                    help="N of the time-vs-threshold table (default 100k quick, 1M full)")
+    ap.add_argument("--sweep-max-t", type=int, default=16, help="largest t of that table (default 16)")
+    ap.add_argument("--no-faiss-1m", action="store_true", help="skip faiss IndexBinaryFlat at 1M (~10 min)")
     args = ap.parse_args(argv)
     t = args.threshold
     rng = np.random.default_rng(0)
@@ -181,11 +185,11 @@ def main(argv=None) -> None:
                 f"{len(r.pairs):,}", f"{mem.extra / n:.0f}")
             del h, r
 
-    n_sweep = 100_000 if args.quick else 1_000_000
+    n_sweep = args.sweep_n or (100_000 if args.quick else 1_000_000)
     h = clustered(rng, n_sweep)
     print(f"\n## time vs threshold, N={n_sweep:,} clustered (auto plan)")
     row("t", "plan", "ours s", "ours cpu s", "pairs")
-    for tt in range(0, 17):
+    for tt in range(0, args.sweep_max_t + 1):
         nu = len(unique_hashes(h)[0])
         kind, blocks, _ = _plan(nu, None, 1, tt, "auto", workers)
         dt, cpu, r = timed_cpu(hamming_pairs, h, tt)
@@ -221,7 +225,7 @@ def main(argv=None) -> None:
 
     # faiss at 1M: IndexBinaryFlat is N^2 (~100x its 100k time, full run only);
     # IndexBinaryMultiHash range_search measured ~10x slower than Flat at 100k: 100k only
-    faiss_runs = [(100_000, True, True)] + ([] if args.quick else [(1_000_000, True, False)])
+    faiss_runs = [(100_000, True, True)] + ([] if args.quick or args.no_faiss_1m else [(1_000_000, True, False)])
     for n, flat, multihash in faiss_runs:
         hf = clustered(rng, n)
         ours_f, rf = timed(hamming_pairs, hf, t)
