@@ -11,7 +11,9 @@ from __future__ import annotations
 
 import logging
 import os
+import sys
 from concurrent.futures import ProcessPoolExecutor
+from concurrent.futures.process import BrokenProcessPool
 from dataclasses import dataclass
 from multiprocessing import get_context
 from collections.abc import Iterable
@@ -364,6 +366,16 @@ def _get_pool(workers: int) -> ProcessPoolExecutor:
     return pool
 
 
+def _discard_pool(pool: ProcessPoolExecutor) -> None:
+    """Forget a broken pool; later calls in this process hash in-process (no respawn loop)."""
+    global _POOL_MIN_FILES
+    for key, value in list(_POOLS.items()):
+        if value is pool:
+            del _POOLS[key]
+    pool.shutdown(wait=False, cancel_futures=True)
+    _POOL_MIN_FILES = sys.maxsize
+
+
 def _shutdown_pools() -> None:
     while _POOLS:
         _POOLS.popitem()[1].shutdown(cancel_futures=True)
@@ -442,7 +454,7 @@ def _hash_chunk(items, start, stop, method, hash_size, on_error, fast_decode, po
 
 
 def _decode_paths(paths, method, hash_size, fast_decode, pool, workers):
-    if pool is None:
+    if pool is None or all(pool is not p for p in _POOLS.values()):  # none, or discarded as broken
         return hash_files(paths, method, hash_size, fast_decode)
     per_task = max(1, min(256, -(-len(paths) // (4 * workers))))
     futures = [pool.submit(hash_files, paths[k:k + per_task], method, hash_size, fast_decode)
@@ -451,6 +463,15 @@ def _decode_paths(paths, method, hash_size, fast_decode, pool, workers):
     try:
         for f in futures:
             results.extend(f.result())
+    except BrokenProcessPool as exc:
+        # A worker died: most often a script without an ``if __name__ == "__main__":`` guard
+        # (spawned workers re-run it), or the OOM killer. Hash in this process instead of
+        # failing a long run, and say how to get the workers back.
+        _discard_pool(pool)
+        logger.warning("hashing worker processes died (%s); hashing in this process instead (slower). If your "
+                       "script has no `if __name__ == \"__main__\":` guard, add one: worker processes are started "
+                       "with 'spawn' and re-import the main module. Pass workers=0 to silence this.", exc)
+        return hash_files(paths, method, hash_size, fast_decode)
     except BaseException:
         for f in futures:
             f.cancel()
