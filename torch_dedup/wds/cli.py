@@ -1,0 +1,157 @@
+"""``torch-dedup wds``: hash shards, plan across them, rewrite deduplicated shards.
+
+:func:`register` adds the ``wds`` subcommand (with ``hash``, ``plan`` and ``rewrite``)
+to the main parser's subparsers; each handler takes ``(args, out)`` and returns the exit
+code, like the other commands of :mod:`torch_dedup.cli`.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import time
+
+from torch_dedup.hashing.api import METHODS
+
+__all__ = ["register"]
+
+
+def _shard_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("shards", nargs="+", metavar="SHARD",
+                   help="shard paths or URLs; brace patterns like 'data/shard-{000000..000099}.tar' are expanded")
+    p.add_argument("--method", choices=METHODS, default="phash", help="perceptual hash (default phash)")
+    p.add_argument("--hash-size", type=int, default=8, help="hash side: 8 = 64 bits (default), 16 = 256 bits")
+    p.add_argument("--image-exts", default="jpg;jpeg;png;webp;ppm;bmp",
+                   help="suffixes holding the image, in order of preference (default jpg;jpeg;png;webp;ppm;bmp)")
+    p.add_argument("--sidecar-dir", default=None,
+                   help="folder for shard sidecars (default: beside local shards, user cache for remote URLs)")
+    p.add_argument("--workers", type=int, default=None, help="processes hashing shards (default: all cores)")
+    p.add_argument("--on-error", choices=("raise", "skip"), default="raise",
+                   help="damaged shards and undecodable images: stop (default) or record and go on")
+    p.add_argument("--fast-decode", action="store_true", help="JPEG draft decoding (faster, some bits differ)")
+    p.add_argument("--refresh", action="store_true", help="hash again even where a valid sidecar exists")
+    _output_args(p)
+
+
+def _output_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--json", action="store_true", help="print machine-readable JSON on stdout")
+    p.add_argument("--quiet", action="store_true", help="print nothing but errors (and --json output)")
+    p.add_argument("--no-progress", action="store_true", help="no progress bars")
+
+
+def register(subparsers) -> argparse.ArgumentParser:
+    """Add ``wds hash|plan|rewrite`` to ``subparsers`` (from ``parser.add_subparsers()``).
+
+    Returns:
+        The ``wds`` parser.
+
+    Example:
+        >>> parser = argparse.ArgumentParser(prog="torch-dedup")
+        >>> _ = register(parser.add_subparsers(dest="command"))
+        >>> parser.parse_args(["wds", "plan", "a.tar", "--out", "p.tdplan"]).threshold
+        6
+    """
+    wds = subparsers.add_parser("wds", help="webdataset shards: hash, plan across shards, rewrite without duplicates",
+                                description="Deduplicate webdataset shards: 'hash' writes a sidecar per shard, "
+                                            "'plan' decides across all shards which samples to drop, 'rewrite' "
+                                            "writes new shards without them.")
+    sub = wds.add_subparsers(dest="wds_command", required=True)
+
+    p = sub.add_parser("hash", help="hash every shard without a valid sidecar (incremental, resumable)")
+    _shard_args(p)
+    p.set_defaults(func=_cmd_hash)
+
+    p = sub.add_parser("plan", help="hash what is missing, then decide across all shards which samples to drop")
+    _shard_args(p)
+    p.add_argument("--threshold", "-t", type=int, default=6, help="Hamming threshold (default 6)")
+    p.add_argument("--policy", choices=("greedy", "components"), default="greedy")
+    p.add_argument("--keep-failed", action="store_true", help="pass samples whose image could not be hashed")
+    p.add_argument("--out", "-o", required=True, help="plan file to write (e.g. shards/dedup.tdplan)")
+    p.add_argument("--drop-list", help="also write the dropped samples as 'url<TAB>key' lines to this file")
+    p.set_defaults(func=_cmd_plan)
+
+    p = sub.add_parser("rewrite", help="write the samples a plan keeps into new shards")
+    p.add_argument("--plan", required=True, help="plan file from 'torch-dedup wds plan'")
+    p.add_argument("--out", "-o", required=True, help="output folder (must not hold a source shard)")
+    p.add_argument("--pattern", default="shard-%06d.tar", help="new shard names (default shard-%%06d.tar)")
+    p.add_argument("--maxcount", type=int, default=100_000, help="samples per new shard at most (default 100000)")
+    p.add_argument("--maxsize", type=float, default=3e9, help="bytes per new shard at most (default 3e9)")
+    p.add_argument("--on-error", choices=("raise", "skip"), default="raise",
+                   help="hostile member names and damaged shards: stop (default) or record and go on")
+    p.add_argument("--overwrite", action="store_true", help="allow existing shards named like --pattern in --out")
+    p.add_argument("--no-sidecars", action="store_true", help="do not write sidecars for the new shards")
+    _output_args(p)
+    p.set_defaults(func=_cmd_rewrite)
+    return wds
+
+
+def _urls(args) -> list[str]:
+    from .shard_urls import expand_shard_urls
+
+    return [u for spec in args.shards for u in expand_shard_urls(spec)]
+
+
+def _hash_kwargs(args) -> dict:
+    return {"image_exts": args.image_exts, "sidecar_dir": args.sidecar_dir, "workers": args.workers,
+            "on_error": args.on_error, "fast_decode": args.fast_decode, "refresh": args.refresh,
+            "progress": not args.no_progress}
+
+
+def _cmd_hash(args, out) -> int:
+    from .shards import hash_shards
+
+    t0 = time.perf_counter()
+    h = hash_shards(_urls(args), args.method, args.hash_size, **_hash_kwargs(args))
+    info = {"shards": len(h.urls), "hashed": len(h.hashed), "cached": len(h.cached), "samples": h.n_samples,
+            "images_hashed": int(sum(int(sc.valid.sum()) for sc in h.sidecars)), "no_image": len(h.no_image),
+            "failures": len(h.failures), "shard_errors": [list(e) for e in h.errors],
+            "method": args.method, "hash_size": args.hash_size, "seconds": round(time.perf_counter() - t0, 3)}
+    if args.json:
+        print(json.dumps(info))
+        return 0
+    out(f"{info['shards']} shards ({info['hashed']} hashed, {info['cached']} from sidecars): {info['samples']} "
+        f"samples, {info['images_hashed']} images hashed, {info['no_image']} without an image, "
+        f"{info['failures']} failed, in {info['seconds']} s")
+    for url, key in h.no_image[:10]:
+        out(f"  no image: {url} {key}")
+    for url, why in h.errors:
+        out(f"  shard error: {url}: {why}")
+    return 0
+
+
+def _cmd_plan(args, out) -> int:
+    from .shard_plan import plan_shards
+
+    plan = plan_shards(_urls(args), args.threshold, method=args.method, hash_size=args.hash_size,
+                       policy=args.policy, drop_failed=not args.keep_failed, out=args.out, **_hash_kwargs(args))
+    if args.drop_list:
+        with open(args.drop_list, "w", encoding="utf-8") as f:
+            for url, key in plan.dropped():
+                f.write(f"{url}\t{key}\n")
+    s = plan.summary
+    if args.json:
+        print(json.dumps({**s, "plan": plan.path}))
+        return 0
+    out(f"{s['n']} samples in {s['n_shards']} shards, threshold {args.threshold} ({args.policy}): dropping "
+        f"{s['n_dropped']} ({100 * s['ratio']:.1f}%): {s['n_duplicates']} near-duplicates, {s['n_failed']} failed; "
+        f"{s['n_no_image']} samples without an image pass")
+    for g in s["largest_groups"][:5]:
+        out(f"  group of {g['size']}: keeps {g['kept'][0]} {g['kept'][1]}")
+    out(f"plan: {plan.path}")
+    return 0
+
+
+def _cmd_rewrite(args, out) -> int:
+    from .rewrite import rewrite_shards
+
+    t0 = time.perf_counter()
+    res = rewrite_shards(args.plan, args.out, pattern=args.pattern, maxcount=args.maxcount, maxsize=args.maxsize,
+                         on_error=args.on_error, overwrite=args.overwrite, write_sidecars=not args.no_sidecars)
+    info = {"shards": res.shards, "sidecars": res.sidecars, "written": res.n_written, "dropped": res.n_dropped,
+            "skipped": [list(s) for s in res.skipped], "seconds": round(time.perf_counter() - t0, 3)}
+    if args.json:
+        print(json.dumps(info))
+        return 0
+    out(f"wrote {res.n_written} samples into {len(res.shards)} shards in {args.out} ({res.n_dropped} dropped, "
+        f"{len(res.skipped)} skipped) in {info['seconds']} s")
+    return 0

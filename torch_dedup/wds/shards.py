@@ -1,0 +1,360 @@
+"""Hash webdataset shards: one sidecar per shard, computed once, in parallel, resumable.
+
+:func:`hash_shards` looks for a valid sidecar of each shard (same fingerprint, same
+settings) and hashes only the shards without one, each in a worker process, writing its
+sidecar as soon as it is done: a crash loses at most the shards in flight, and adding
+shards later hashes only the new ones. Images are decoded from the member bytes and go
+through the same exact path as image files (:func:`torch_dedup.hashing._decode.hash_files`),
+so a shard sample's hash equals ``imagehash.<method>(PIL.Image.open(member))``.
+"""
+
+from __future__ import annotations
+
+import io
+import logging
+import os
+from collections.abc import Iterable
+from concurrent.futures import ProcessPoolExecutor, as_completed
+from dataclasses import dataclass, field, replace
+from multiprocessing import get_context
+from pathlib import Path
+
+import numpy as np
+
+from torch_dedup.errors import ImageDecodeError
+from torch_dedup.hashing._decode import hash_files
+from torch_dedup.hashing.api import METHODS, hash_bits
+from torch_dedup.index import _hash_env
+
+from .shard_sidecar import ShardSidecar, read_shard_sidecar, shard_sidecar_paths, write_shard_sidecar
+from .shard_urls import expand_shard_urls, is_local, local_path, shard_fingerprint
+from .tar_samples import ShardReadError, iter_tar_samples
+
+__all__ = ["DEFAULT_IMAGE_EXTS", "ShardHashes", "hash_shard", "hash_shards", "parse_image_exts"]
+
+logger = logging.getLogger(__name__)
+
+#: Image suffixes looked for in a sample, in order of preference.
+DEFAULT_IMAGE_EXTS = ("jpg", "jpeg", "png", "webp", "ppm", "bmp")
+_ON_ERROR = ("raise", "skip")
+_FLUSH = 256  # images decoded and hashed per batch (bounds memory)
+
+
+def parse_image_exts(image_exts: str | Iterable[str]) -> tuple[str, ...]:
+    """``"jpg;png"`` or ``["jpg", "png"]`` -> ``("jpg", "png")`` (lower case, order kept).
+
+    Raises:
+        ValueError: empty, or an entry that is not a non-empty string.
+
+    Example:
+        >>> parse_image_exts("JPG;png")
+        ('jpg', 'png')
+    """
+    items = image_exts.split(";") if isinstance(image_exts, str) else list(image_exts)
+    out = []
+    for e in items:
+        if not isinstance(e, str) or not e.strip().lstrip("."):
+            raise ValueError(f"image_exts={image_exts!r}: every entry must be a non-empty suffix like 'jpg'")
+        e = e.strip().lstrip(".").lower()
+        if e not in out:
+            out.append(e)
+    if not out:
+        raise ValueError(f"image_exts={image_exts!r} names no suffix; e.g. 'jpg;jpeg;png;webp;ppm;bmp'")
+    return tuple(out)
+
+
+def _check(method: str, hash_size, on_error: str, workers) -> None:
+    if method not in METHODS:
+        raise ValueError(f"method={method!r} is not a hash method; use one of {tuple(METHODS)}")
+    hash_bits(method, hash_size)  # validates hash_size
+    if on_error not in _ON_ERROR:
+        raise ValueError(f"on_error={on_error!r} must be one of {_ON_ERROR}")
+    if workers is not None and (isinstance(workers, bool) or not isinstance(workers, int) or workers < 0):
+        raise ValueError(f"workers={workers!r} must be None (automatic) or an int >= 0 (0: in this process)")
+
+
+def hash_shard(url: str, method: str = "phash", hash_size: int = 8, *,
+               image_exts: str | Iterable[str] = DEFAULT_IMAGE_EXTS, on_error: str = "raise",
+               fast_decode: bool = False) -> ShardSidecar:
+    """Hash the images of one shard (no file is written; see :func:`hash_shards` for caching).
+
+    Args:
+        url: the shard (local path or any URL webdataset opens).
+        method: ``"ahash"``, ``"dhash"``, ``"phash"`` or ``"whash"``.
+        hash_size: hash size (8: 64 bits).
+        image_exts: suffixes that hold the image, in order of preference.
+        on_error: ``"raise"``: an undecodable image raises :class:`ImageDecodeError` and a
+            damaged shard :class:`ShardReadError`; ``"skip"``: both are recorded
+            (``failures`` / ``shard_error``) and hashing goes on.
+        fast_decode: JPEG draft decoding (faster, some bits differ from imagehash).
+
+    Returns:
+        A :class:`ShardSidecar` (``path`` None).
+
+    Raises:
+        ShardReadError, ImageDecodeError: see ``on_error``.
+
+    Example:
+        >>> sc = hash_shard("shards/shard-000000.tar")  # doctest: +SKIP
+        >>> sc.keys[:2], sc.hashes.shape
+        (('000000', '000001'), (1000,))
+    """
+    exts = parse_image_exts(image_exts)
+    _check(method, hash_size, on_error, 0)
+    words = -(-hash_bits(method, hash_size) // 64)
+    keys: list[str] = []
+    has_image: list[bool] = []
+    rows: dict[int, np.ndarray] = {}
+    failures: list[tuple[int, str, str]] = []
+    batch: list[tuple[int, io.BytesIO]] = []
+    sources: dict[int, str] = {}
+
+    def flush() -> None:
+        for index, row, reason in hash_files(batch, method, hash_size, fast_decode):
+            if row is None:
+                if on_error == "raise":
+                    raise ImageDecodeError(sources[index], reason, index)
+                failures.append((index, sources[index], reason))
+            else:
+                rows[index] = row
+        batch.clear()
+
+    shard_error = None
+    try:
+        for sample in iter_tar_samples(url):
+            i = len(keys)
+            keys.append(sample.key)
+            ext = next((e for e in exts if e in sample.files), None)
+            has_image.append(ext is not None)
+            if ext is not None:
+                stored, data = sample.files[ext]
+                sources[i] = f"{url}:{sample.key}.{stored}"
+                batch.append((i, io.BytesIO(data)))
+                if len(batch) >= _FLUSH:
+                    flush()
+    except ShardReadError as exc:
+        if on_error == "raise":
+            raise
+        logger.warning("%s", exc)
+        shard_error = {"offset": exc.offset, "member": exc.member, "reason": exc.reason}
+    if batch:
+        flush()
+    n = len(keys)
+    hashes = np.zeros((n, words), np.uint64)
+    valid = np.zeros(n, bool)
+    for i, row in rows.items():
+        hashes[i] = row
+        valid[i] = True
+    return ShardSidecar(url=url, keys=tuple(keys), hashes=hashes[:, 0].copy() if words == 1 else hashes,
+                        valid=valid, has_image=np.array(has_image, dtype=bool).reshape(n),
+                        failures=tuple(sorted(failures)), shard_error=shard_error)
+
+
+#: Below this many bytes of local shards to hash, worker processes cost more than they save:
+#: each spawned worker imports torch_dedup (and torch) first, seconds on a busy machine.
+_POOL_MIN_BYTES = 256 << 20
+
+
+def _auto_workers(urls: list[str]) -> int:
+    if len(urls) < 2:
+        return 0
+    local = [u for u in urls if is_local(u)]
+    if len(local) == len(urls) and sum(os.path.getsize(local_path(u)) for u in local) < _POOL_MIN_BYTES:
+        return 0
+    return min(len(urls), os.cpu_count() or 1)
+
+
+def _expect(fingerprint: str, method: str, hash_size: int, decode: str, exts: tuple) -> dict:
+    return {"fingerprint": fingerprint, "method": method, "hash_size": int(hash_size), "decode": decode,
+            "image_exts": list(exts), "hash_env": _hash_env()}
+
+
+def _load_valid(paths: list[Path], expect: dict) -> ShardSidecar | None:
+    for path in paths:
+        if path.exists():
+            try:
+                return read_shard_sidecar(path, expect=expect)
+            except Exception as exc:  # noqa: BLE001 - a bad cache is recomputed, never used
+                logger.warning("ignoring shard sidecar %s: %s", path, getattr(exc, "reason", exc))
+    return None
+
+
+def _hash_and_store(url: str, paths: list[str], method: str, hash_size: int, exts: tuple, on_error: str,
+                    fast_decode: bool) -> tuple:
+    """Worker task: hash one shard and write its sidecar. Returns data, never a custom exception."""
+    decode = "fast_decode" if fast_decode else "exact"
+    try:
+        fingerprint = shard_fingerprint(url)  # before reading: a shard changed meanwhile is stale next time
+    except OSError as exc:
+        return ("shard_error", url, f"cannot open: {exc}", None, None)
+    try:
+        sc = hash_shard(url, method, hash_size, image_exts=exts, on_error=on_error, fast_decode=fast_decode)
+    except ShardReadError as exc:
+        return ("shard_error", exc.url, exc.reason, exc.offset, exc.member)
+    except ImageDecodeError as exc:
+        return ("image_error", exc.source, exc.reason, exc.index)
+    extra = {"image_exts": list(exts), "hash_env": _hash_env()}
+    last = None
+    for path in paths:
+        try:
+            written = write_shard_sidecar(path, sc, method=method, hash_size=hash_size, fingerprint=fingerprint,
+                                          decode=decode, extra=extra)
+            return ("ok", str(written))
+        except OSError as exc:
+            logger.info("cannot write shard sidecar %s (%s); trying the next place", path, exc)
+            last = exc
+    return ("write_error", url, str(last))
+
+
+@dataclass
+class ShardHashes:
+    """The hashes of many shards, one :class:`ShardSidecar` per readable shard, in URL order.
+
+    Attributes:
+        urls: the shards asked for.
+        sidecars: a sidecar per shard that could be read (all of them unless ``on_error="skip"``
+            met a missing shard); damaged shards read with ``skip`` are here with ``shard_error``.
+        hashed: shards hashed by this call.
+        cached: shards whose valid sidecar was reused.
+        errors: ``(url, reason)`` of shards missing (not in ``sidecars``) or damaged.
+        settings: method, hash_size, decode, image_exts.
+    """
+
+    urls: list
+    sidecars: list
+    hashed: list = field(default_factory=list)
+    cached: list = field(default_factory=list)
+    errors: list = field(default_factory=list)
+    settings: dict = field(default_factory=dict)
+
+    @property
+    def n_samples(self) -> int:
+        """Samples in all sidecars."""
+        return sum(len(sc) for sc in self.sidecars)
+
+    @property
+    def no_image(self) -> list[tuple[str, str]]:
+        """``(url, key)`` of every sample without an image member."""
+        return [(sc.url, k) for sc in self.sidecars for k in sc.no_image_keys]
+
+    @property
+    def failures(self) -> list[tuple[str, str, str]]:
+        """``(url, source, reason)`` of every image that could not be hashed."""
+        return [(sc.url, s, r) for sc in self.sidecars for _, s, r in sc.failures]
+
+
+def _raise(res: tuple) -> None:
+    if res[0] == "shard_error":
+        raise ShardReadError(res[1], res[2], res[3], res[4])
+    if res[0] == "image_error":
+        raise ImageDecodeError(res[1], res[2], res[3])
+    raise OSError(f"cannot write the sidecar of shard {res[1]} anywhere ({res[2]}); pass sidecar_dir= "
+                  "to a writable folder")
+
+
+def hash_shards(urls, method: str = "phash", hash_size: int = 8, *,
+                image_exts: str | Iterable[str] = DEFAULT_IMAGE_EXTS, sidecar_dir: str | os.PathLike | None = None,
+                workers: int | None = None, on_error: str = "raise", fast_decode: bool = False,
+                refresh: bool = False, progress: bool = True) -> ShardHashes:
+    """Hash every shard that has no valid sidecar yet, in parallel; read the others.
+
+    Args:
+        urls: shard URLs: a brace pattern (``"data/shard-{000..099}.tar"``), a path, or a list.
+        method: hash method (default ``"phash"``).
+        hash_size: hash size (default 8: 64-bit hashes).
+        image_exts: suffixes that hold the image, in order of preference
+            (default ``jpg;jpeg;png;webp;ppm;bmp``); samples with none are counted and
+            listed (:attr:`ShardHashes.no_image`), not hashed.
+        sidecar_dir: folder for the sidecars; default: beside each local shard (the user
+            cache folder for remote URLs and read-only folders).
+        workers: processes hashing shards side by side (``None``: one per core, at most
+            one per shard, but none below 256 MB of local shards, where starting the
+            processes costs more than it saves; 0: in this process).
+        on_error: ``"raise"`` or ``"skip"`` (undecodable images and damaged or missing
+            shards are recorded and the rest goes on).
+        fast_decode: JPEG draft decoding (faster, some bits differ from imagehash).
+        refresh: hash every shard again, even with a valid sidecar.
+        progress: a tqdm bar over the shards being hashed.
+
+    Returns:
+        A :class:`ShardHashes`.
+
+    Raises:
+        ValueError: a bad argument.
+        ShardReadError: a missing, truncated or corrupt shard (``on_error="raise"``).
+        ImageDecodeError: an undecodable image (``on_error="raise"``).
+
+    Example:
+        >>> h = hash_shards("shards/shard-{000000..000009}.tar")  # doctest: +SKIP
+        >>> len(h.hashed), len(h.cached)   # a second call reads every sidecar
+        (10, 0)
+    """
+    exts = parse_image_exts(image_exts)
+    _check(method, hash_size, on_error, workers)
+    urls = expand_shard_urls(urls)
+    decode = "fast_decode" if fast_decode else "exact"
+    settings = {"method": method, "hash_size": int(hash_size), "decode": decode, "image_exts": list(exts)}
+    results: dict[int, ShardSidecar] = {}
+    errors: dict[int, tuple[str, str]] = {}
+    cached, todo = [], []
+    for i, url in enumerate(urls):
+        paths = shard_sidecar_paths(url, method, hash_size, decode, sidecar_dir)
+        try:
+            fingerprint = shard_fingerprint(url)
+        except OSError as exc:
+            if on_error == "raise":
+                raise ShardReadError(url, f"cannot open: {exc}") from None
+            errors[i] = (url, f"cannot open: {exc}")
+            continue
+        sc = None if refresh else _load_valid(paths, _expect(fingerprint, method, hash_size, decode, exts))
+        if sc is None:
+            todo.append((i, url, [str(p) for p in paths]))
+        else:
+            results[i] = replace(sc, url=url)  # the URL as given now (it may be spelled differently)
+            cached.append(url)
+    if workers is None:
+        workers = _auto_workers([url for _, url, _ in todo])
+    args = (method, hash_size, exts, on_error, fast_decode)
+    from tqdm.auto import tqdm
+
+    done: dict[int, tuple] = {}
+    with tqdm(total=len(todo), unit="shard", desc="hashing shards", disable=not progress or len(todo) < 2,
+              leave=False) as bar:
+        if workers == 0 or len(todo) < 2:
+            for i, url, paths in todo:
+                done[i] = _hash_and_store(url, paths, *args)
+                if done[i][0] != "ok" and (on_error == "raise" or done[i][0] == "write_error"):
+                    _raise(done[i])
+                bar.update(1)
+        else:
+            with ProcessPoolExecutor(max_workers=workers, mp_context=get_context("spawn")) as pool:
+                futures = {pool.submit(_hash_and_store, url, paths, *args): i for i, url, paths in todo}
+                try:
+                    for fut in as_completed(futures):
+                        i = futures[fut]
+                        done[i] = fut.result()
+                        if done[i][0] != "ok" and (on_error == "raise" or done[i][0] == "write_error"):
+                            _raise(done[i])
+                        bar.update(1)
+                except BaseException:
+                    for fut in futures:
+                        fut.cancel()
+                    raise
+    hashed = []
+    for i, url, _ in todo:
+        res = done[i]
+        if res[0] == "ok":
+            results[i] = replace(read_shard_sidecar(res[1]), url=url)
+            hashed.append(url)
+        else:
+            errors[i] = (url, res[2])
+    for i, sc in results.items():
+        if sc.shard_error is not None:
+            errors[i] = (urls[i], f"damaged at byte offset {sc.shard_error.get('offset')} "
+                                  f"(member {sc.shard_error.get('member')!r}): {sc.shard_error.get('reason')}")
+    order = sorted(results)
+    out = ShardHashes(urls=urls, sidecars=[results[i] for i in order], hashed=hashed, cached=cached,
+                      errors=[errors[i] for i in sorted(errors)], settings=settings)
+    logger.info("hash_shards: %d shards (%d hashed, %d cached, %d with errors), %d samples",
+                len(urls), len(hashed), len(cached), len(errors), out.n_samples)
+    return out
