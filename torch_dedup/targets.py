@@ -9,7 +9,11 @@ Accepted forms:
 - a folder: an ``ImageFolder`` when every image sits one level down in class folders,
   else every image file found below it (labels none).
 - ``FILE.npy`` / ``FILE.npz``: a ``uint8`` image array ``(N, H, W[, C])``; an ``.npz`` may
-  carry ``labels`` (or ``y``/``targets``) beside ``images`` (or ``x``/``data``, or its first array).
+  carry ``labels`` (or ``y``/``targets``) beside ``images`` (or ``x``/``data``, or its first array),
+  and ``classes`` (a string array of class names).
+
+Webdataset shards (``.tar`` files, brace patterns) are streams, not map-style datasets:
+they are refused here with a pointer to ``torch-dedup wds``.
 
 Layer 5.
 """
@@ -23,7 +27,7 @@ import numpy as np
 
 from .sample import SampleDataset
 
-__all__ = ["ArrayDataset", "ImageFiles", "IMAGE_EXTENSIONS", "open_target"]
+__all__ = ["IMAGE_EXTENSIONS", "ArrayDataset", "ImageFiles", "class_names_of", "open_target"]
 
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".ppm", ".bmp", ".pgm", ".tif", ".tiff", ".webp", ".gif")
 _TV = {"fashion-mnist": "FashionMNIST", "mnist": "MNIST", "kmnist": "KMNIST", "cifar10": "CIFAR10",
@@ -33,11 +37,14 @@ _TV = {"fashion-mnist": "FashionMNIST", "mnist": "MNIST", "kmnist": "KMNIST", "c
 class ArrayDataset:
     """A stacked ``uint8`` image array (and optional labels) as a map-style dataset."""
 
-    def __init__(self, data: np.ndarray, targets: np.ndarray | None = None, root: str | None = None):
+    def __init__(self, data: np.ndarray, targets: np.ndarray | None = None, root: str | None = None,
+                 classes: list[str] | None = None):
         self.data = data
         if targets is not None:
             self.targets = np.asarray(targets, dtype=np.int64)
         self.root = root
+        if classes is not None:
+            self.classes = list(classes)
 
     def __len__(self) -> int:
         return len(self.data)
@@ -47,13 +54,17 @@ class ArrayDataset:
 
 
 class ImageFiles:
-    """Every image file below a folder, in sorted path order, as a dataset of PIL images."""
+    """Every image file below a folder, in sorted path order, as a dataset of PIL images.
+
+    Items have no label: ``samples`` holds ``(path, None)`` (so no labels are inferred from
+    it) and ``ds[i]`` is ``(image, -1)``.
+    """
 
     def __init__(self, root: str | os.PathLike):
         self.root = str(root)
         paths = sorted(str(p) for p in Path(root).rglob("*")
                        if p.suffix.lower() in IMAGE_EXTENSIONS and p.is_file())
-        self.samples = [(p, 0) for p in paths]
+        self.samples = [(p, None) for p in paths]
 
     def __len__(self) -> int:
         return len(self.samples)
@@ -61,7 +72,7 @@ class ImageFiles:
     def __getitem__(self, i: int):
         from PIL import Image
         with Image.open(self.samples[i][0]) as im:
-            return im.copy(), 0
+            return im.copy(), -1
 
 
 def _usage(target: str, why: str) -> ValueError:
@@ -85,7 +96,7 @@ def _array_file(path: Path, target: str) -> ArrayDataset:
         loaded = np.load(path, allow_pickle=False)
     except (OSError, ValueError) as exc:
         raise _usage(target, f"cannot read the array file ({exc})") from None
-    labels = None
+    labels, classes = None, None
     if isinstance(loaded, np.lib.npyio.NpzFile):
         with loaded:
             keys = list(loaded.files)
@@ -95,6 +106,9 @@ def _array_file(path: Path, target: str) -> ArrayDataset:
             data = loaded[img_key]
             lbl_key = next((k for k in ("labels", "y", "targets") if k in keys), None)
             labels = loaded[lbl_key] if lbl_key else None
+            names = loaded["classes"] if "classes" in keys else None
+            if names is not None and names.dtype.kind in "US" and names.ndim == 1:
+                classes = [str(c) for c in names.tolist()]
     else:
         data = loaded
     if data.dtype != np.uint8 or data.ndim not in (3, 4):
@@ -102,7 +116,19 @@ def _array_file(path: Path, target: str) -> ArrayDataset:
                              "(N, H, W) or (N, H, W, C)")
     if labels is not None and (labels.ndim != 1 or len(labels) != len(data)):
         labels = None
-    return ArrayDataset(np.ascontiguousarray(data), labels, root=str(path.parent))
+    return ArrayDataset(np.ascontiguousarray(data), labels, root=str(path.parent), classes=classes)
+
+
+def class_names_of(ds) -> list[str] | None:
+    """The dataset's class names (``ds.classes``, label value -> name) when it has them, else None."""
+    classes = getattr(ds, "classes", None)
+    if isinstance(classes, (list, tuple)) and classes and all(isinstance(c, str) for c in classes):
+        return list(classes)
+    return None
+
+
+def _looks_like_shards(target: str) -> bool:
+    return target.endswith((".tar", ".tar.gz", ".tgz")) or ("{" in target and ".." in target and "}" in target)
 
 
 def open_target(target: str):
@@ -124,6 +150,9 @@ def open_target(target: str):
             return cls(root, train=(split == "train"), download=False)
         except (RuntimeError, OSError) as exc:
             raise _usage(target, f"torchvision could not open it ({exc}); nothing is downloaded") from None
+    if _looks_like_shards(target):
+        raise _usage(target, "webdataset shards are streams, not a map-style dataset; use 'torch-dedup wds "
+                             "...' for them")
     path = Path(target)
     if path.is_dir():
         ds = _image_folder(path)

@@ -1,0 +1,57 @@
+"""``torch-dedup report TARGET --out DIR``: an HTML gallery of the duplicate groups and a PNG contact sheet."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from ._options import EXIT_OK, add_plan_options, emit_json, hash_target, open_cli_target
+
+
+def register(sub) -> None:
+    p = sub.add_parser("report", help="static HTML gallery of the duplicate groups + a PNG contact sheet")
+    p.add_argument("target", metavar="TARGET")
+    add_plan_options(p)
+    p.add_argument("--out", "-o", required=True, metavar="DIR", help="report folder (created)")
+    p.add_argument("--plan", metavar="FILE", help="show this saved plan (scan --plan-out) instead of computing one")
+    p.add_argument("--max-groups", type=int, default=200, help="groups to show at most, largest first (default 200)")
+    p.add_argument("--per-page", type=int, default=25, help="groups per HTML page (default 25)")
+    p.add_argument("--max-members", type=int, default=48, help="items shown per group at most (default 48)")
+    p.add_argument("--thumb-size", type=int, default=96, help="thumbnail side in pixels (default 96)")
+    p.add_argument("--inline", action="store_true",
+                   help="embed thumbnails in the pages as data: URIs instead of DIR/thumbs/*.png")
+    p.add_argument("--sheet-groups", type=int, default=12, help="rows of the contact sheet (default 12)")
+    p.set_defaults(func=cmd_report)
+
+
+def cmd_report(args, out) -> int:
+    from ..plan import DedupPlan
+    from ..report import write_contact_sheet, write_html_report
+    for name in ("max_groups", "per_page", "max_members", "sheet_groups"):
+        if getattr(args, name) < 1:
+            raise ValueError(f"--{name.replace('_', '-')} {getattr(args, name)}: must be >= 1")
+    target = open_cli_target(args.target)
+    if args.plan:
+        plan = DedupPlan.load(args.plan)
+        plan.check_compatible(target.source.n, target.source.fingerprint)
+    else:
+        from ..index import plan_from_hashes
+        plan = plan_from_hashes(hash_target(args, target), args.threshold, policy=args.policy,
+                                per_class=args.per_class)
+    title = f"torch_dedup: {args.target}"
+    pages = write_html_report(plan, target.image_of, args.out, paths=target.paths, class_names=target.class_names,
+                              max_groups=args.max_groups, max_members=args.max_members,
+                              groups_per_page=args.per_page, thumb_size=args.thumb_size, inline=args.inline,
+                              title=title)
+    sheet = write_contact_sheet(plan, target.image_of, Path(args.out) / "contact_sheet.png",
+                                max_groups=args.sheet_groups)
+    sizes = plan.group_sizes()
+    n_dup = int((sizes > 1).sum())
+    info = {"n": plan.n, "n_kept": plan.n_kept, "threshold": plan.threshold, "policy": plan.policy,
+            "n_groups_with_duplicates": n_dup, "groups_shown": min(n_dup, args.max_groups),
+            "pages": [str(p) for p in pages], "contact_sheet": str(sheet)}
+    if args.json:
+        emit_json(info)
+    else:
+        out(f"{info['groups_shown']} of {n_dup} duplicate groups on {len(pages)} page(s): {pages[0]}")
+        out(f"contact sheet: {sheet}")
+    return EXIT_OK
