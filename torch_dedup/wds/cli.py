@@ -30,6 +30,12 @@ def _shard_args(p: argparse.ArgumentParser) -> None:
                    help="damaged shards and undecodable images: stop (default) or record and go on")
     p.add_argument("--fast-decode", action="store_true", help="JPEG draft decoding (faster, some bits differ)")
     p.add_argument("--refresh", action="store_true", help="hash again even where a valid sidecar exists")
+    p.add_argument("--engine", choices=("local", "ray"), default="local",
+                   help="where shards are hashed: worker processes here (default) or one Ray task per shard "
+                        "(needs pip install 'torch_dedup[ray]')")
+    p.add_argument("--ray-address", default=None, metavar="ADDR",
+                   help="with --engine ray: the cluster ('auto', 'ray://head:10001'); default RAY_ADDRESS or a "
+                        "new local cluster")
     _output_args(p)
 
 
@@ -94,18 +100,29 @@ def _urls(args) -> list[str]:
 def _hash_kwargs(args) -> dict:
     return {"image_exts": args.image_exts, "sidecar_dir": args.sidecar_dir, "workers": args.workers,
             "on_error": args.on_error, "fast_decode": args.fast_decode, "refresh": args.refresh,
-            "progress": not args.no_progress}
+            "progress": not args.no_progress, "engine": args.engine, "ray_address": args.ray_address}
+
+
+def _engine_missing(args, exc: ImportError) -> int:
+    import sys
+
+    print(f"torch-dedup wds {args.wds_command}: error: {exc}", file=sys.stderr)
+    return 2  # usage error: the engine asked for is not installed
 
 
 def _cmd_hash(args, out) -> int:
     from .shards import hash_shards
 
     t0 = time.perf_counter()
-    h = hash_shards(_urls(args), args.method, args.hash_size, **_hash_kwargs(args))
+    try:
+        h = hash_shards(_urls(args), args.method, args.hash_size, **_hash_kwargs(args))
+    except ImportError as exc:
+        return _engine_missing(args, exc)
     info = {"shards": len(h.urls), "hashed": len(h.hashed), "cached": len(h.cached), "samples": h.n_samples,
             "images_hashed": int(sum(int(sc.valid.sum()) for sc in h.sidecars)), "no_image": len(h.no_image),
             "failures": len(h.failures), "shard_errors": [list(e) for e in h.errors],
-            "method": args.method, "hash_size": args.hash_size, "seconds": round(time.perf_counter() - t0, 3)}
+            "method": args.method, "hash_size": args.hash_size, "engine": args.engine,
+            "seconds": round(time.perf_counter() - t0, 3)}
     if args.json:
         print(json.dumps(info))
         return 0
@@ -122,8 +139,11 @@ def _cmd_hash(args, out) -> int:
 def _cmd_plan(args, out) -> int:
     from .shard_plan import plan_shards
 
-    plan = plan_shards(_urls(args), args.threshold, method=args.method, hash_size=args.hash_size,
-                       policy=args.policy, drop_failed=not args.keep_failed, out=args.out, **_hash_kwargs(args))
+    try:
+        plan = plan_shards(_urls(args), args.threshold, method=args.method, hash_size=args.hash_size,
+                           policy=args.policy, drop_failed=not args.keep_failed, out=args.out, **_hash_kwargs(args))
+    except ImportError as exc:
+        return _engine_missing(args, exc)
     if args.drop_list:
         with open(args.drop_list, "w", encoding="utf-8") as f:
             for url, key in plan.dropped():

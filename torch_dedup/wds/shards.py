@@ -26,7 +26,12 @@ from torch_dedup.hashing._decode import hash_files
 from torch_dedup.hashing.api import METHODS, hash_bits
 from torch_dedup.index import _hash_env
 
-from .shard_sidecar import ShardSidecar, read_shard_sidecar, shard_sidecar_paths, write_shard_sidecar
+from .shard_sidecar import (
+    ShardSidecar,
+    read_shard_sidecar,
+    shard_sidecar_paths,
+    write_shard_sidecar,
+)
 from .shard_urls import expand_shard_urls, is_local, local_path, shard_fingerprint
 from .tar_samples import ShardReadError, iter_tar_samples
 
@@ -61,6 +66,16 @@ def parse_image_exts(image_exts: str | Iterable[str]) -> tuple[str, ...]:
     if not out:
         raise ValueError(f"image_exts={image_exts!r} names no suffix; e.g. 'jpg;jpeg;png;webp;ppm;bmp'")
     return tuple(out)
+
+
+def _check_engine(engine, ray_address) -> None:
+    from torch_dedup.engines import ENGINES
+
+    if engine not in ENGINES:
+        raise ValueError(f"engine={engine!r} is not an engine; use one of {ENGINES} ('ray' needs "
+                         "pip install 'torch_dedup[ray]')")
+    if ray_address is not None and engine != "ray":
+        raise ValueError(f"ray_address={ray_address!r} is only used with engine='ray' (got engine={engine!r})")
 
 
 def _check(method: str, hash_size, on_error: str, workers) -> None:
@@ -174,7 +189,7 @@ def _load_valid(paths: list[Path], expect: dict) -> ShardSidecar | None:
         if path.exists():
             try:
                 return read_shard_sidecar(path, expect=expect)
-            except Exception as exc:  # noqa: BLE001 - a bad cache is recomputed, never used
+            except Exception as exc:
                 logger.warning("ignoring shard sidecar %s: %s", path, getattr(exc, "reason", exc))
     return None
 
@@ -252,51 +267,29 @@ def _raise(res: tuple) -> None:
                   "to a writable folder")
 
 
-def hash_shards(urls, method: str = "phash", hash_size: int = 8, *,
-                image_exts: str | Iterable[str] = DEFAULT_IMAGE_EXTS, sidecar_dir: str | os.PathLike | None = None,
-                workers: int | None = None, on_error: str = "raise", fast_decode: bool = False,
-                refresh: bool = False, progress: bool = True) -> ShardHashes:
-    """Hash every shard that has no valid sidecar yet, in parallel; read the others.
+@dataclass
+class _HashRun:
+    """What :func:`_hash_missing` did: sidecar path (or error) per URL index, nothing loaded."""
 
-    Args:
-        urls: shard URLs: a brace pattern (``"data/shard-{000..099}.tar"``), a path, or a list.
-        method: hash method (default ``"phash"``).
-        hash_size: hash size (default 8: 64-bit hashes).
-        image_exts: suffixes that hold the image, in order of preference
-            (default ``jpg;jpeg;png;webp;ppm;bmp``); samples with none are counted and
-            listed (:attr:`ShardHashes.no_image`), not hashed.
-        sidecar_dir: folder for the sidecars; default: beside each local shard (the user
-            cache folder for remote URLs and read-only folders).
-        workers: processes hashing shards side by side (``None``: one per core, at most
-            one per shard, but none below 256 MB of local shards, where starting the
-            processes costs more than it saves; 0: in this process).
-        on_error: ``"raise"`` or ``"skip"`` (undecodable images and damaged or missing
-            shards are recorded and the rest goes on).
-        fast_decode: JPEG draft decoding (faster, some bits differ from imagehash).
-        refresh: hash every shard again, even with a valid sidecar.
-        progress: a tqdm bar over the shards being hashed.
+    urls: list
+    paths: dict  # index -> sidecar path (str) of every readable shard
+    hashed: list
+    cached: list
+    errors: dict  # index -> (url, reason) for shards with no sidecar
+    settings: dict
+    loaded: dict = field(default_factory=dict)  # index -> ShardSidecar already read (keep=True only)
 
-    Returns:
-        A :class:`ShardHashes`.
 
-    Raises:
-        ValueError: a bad argument.
-        ShardReadError: a missing, truncated or corrupt shard (``on_error="raise"``).
-        ImageDecodeError: an undecodable image (``on_error="raise"``).
-
-    Example:
-        >>> h = hash_shards("shards/shard-{000000..000009}.tar")  # doctest: +SKIP
-        >>> len(h.hashed), len(h.cached)   # a second call reads every sidecar
-        (10, 0)
-    """
-    exts = parse_image_exts(image_exts)
-    _check(method, hash_size, on_error, workers)
+def _hash_missing(urls, method, hash_size, exts, sidecar_dir, workers, on_error, fast_decode, refresh, progress,
+                  engine, ray_address, keep: bool = False) -> _HashRun:
+    """Hash the shards without a valid sidecar; return where every sidecar is (one shard in memory at a time)."""
     urls = expand_shard_urls(urls)
     decode = "fast_decode" if fast_decode else "exact"
     settings = {"method": method, "hash_size": int(hash_size), "decode": decode, "image_exts": list(exts)}
-    results: dict[int, ShardSidecar] = {}
+    paths_out: dict[int, str] = {}
     errors: dict[int, tuple[str, str]] = {}
     cached, todo = [], []
+    loaded: dict[int, ShardSidecar] = {}
     for i, url in enumerate(urls):
         paths = shard_sidecar_paths(url, method, hash_size, decode, sidecar_dir)
         try:
@@ -310,51 +303,126 @@ def hash_shards(urls, method: str = "phash", hash_size: int = 8, *,
         if sc is None:
             todo.append((i, url, [str(p) for p in paths]))
         else:
-            results[i] = replace(sc, url=url)  # the URL as given now (it may be spelled differently)
+            paths_out[i] = str(sc.path)
             cached.append(url)
-    if workers is None:
-        workers = _auto_workers([url for _, url, _ in todo])
+            if keep:
+                loaded[i] = sc
     args = (method, hash_size, exts, on_error, fast_decode)
-    from tqdm.auto import tqdm
-
     done: dict[int, tuple] = {}
-    with tqdm(total=len(todo), unit="shard", desc="hashing shards", disable=not progress or len(todo) < 2,
-              leave=False) as bar:
-        if workers == 0 or len(todo) < 2:
-            for i, url, paths in todo:
-                done[i] = _hash_and_store(url, paths, *args)
-                if done[i][0] != "ok" and (on_error == "raise" or done[i][0] == "write_error"):
-                    _raise(done[i])
-                bar.update(1)
-        else:
-            with ProcessPoolExecutor(max_workers=workers, mp_context=get_context("spawn")) as pool:
-                futures = {pool.submit(_hash_and_store, url, paths, *args): i for i, url, paths in todo}
-                try:
-                    for fut in as_completed(futures):
-                        i = futures[fut]
-                        done[i] = fut.result()
-                        if done[i][0] != "ok" and (on_error == "raise" or done[i][0] == "write_error"):
-                            _raise(done[i])
-                        bar.update(1)
-                except BaseException:
-                    for fut in futures:
-                        fut.cancel()
-                    raise
+
+    def take(i: int, res: tuple) -> None:
+        done[i] = res
+        if res[0] != "ok" and (on_error == "raise" or res[0] == "write_error"):
+            _raise(res)
+
+    if engine == "ray":
+        from torch_dedup.engines.ray import ray_map
+
+        index = [i for i, _, _ in todo]
+        for k, res in ray_map(_hash_and_store, [(url, paths, *args) for _, url, paths in todo], address=ray_address,
+                              progress=progress and len(todo) >= 2, desc="hashing shards (ray)", unit="shard"):
+            take(index[k], res)
+    else:
+        if workers is None:
+            workers = _auto_workers([url for _, url, _ in todo])
+        from tqdm.auto import tqdm
+
+        with tqdm(total=len(todo), unit="shard", desc="hashing shards", disable=not progress or len(todo) < 2,
+                  leave=False) as bar:
+            if workers == 0 or len(todo) < 2:
+                for i, url, paths in todo:
+                    take(i, _hash_and_store(url, paths, *args))
+                    bar.update(1)
+            else:
+                with ProcessPoolExecutor(max_workers=workers, mp_context=get_context("spawn")) as pool:
+                    futures = {pool.submit(_hash_and_store, url, paths, *args): i for i, url, paths in todo}
+                    try:
+                        for fut in as_completed(futures):
+                            take(futures[fut], fut.result())
+                            bar.update(1)
+                    except BaseException:
+                        for fut in futures:
+                            fut.cancel()
+                        raise
     hashed = []
     for i, url, _ in todo:
         res = done[i]
         if res[0] == "ok":
-            results[i] = replace(read_shard_sidecar(res[1]), url=url)
+            paths_out[i] = res[1]
             hashed.append(url)
         else:
             errors[i] = (url, res[2])
+    return _HashRun(urls=urls, paths=paths_out, hashed=hashed, cached=cached, errors=errors, settings=settings,
+                    loaded=loaded)
+
+
+def _shard_error_text(err: dict) -> str:
+    return (f"damaged at byte offset {err.get('offset')} (member {err.get('member')!r}): {err.get('reason')}")
+
+
+def hash_shards(urls, method: str = "phash", hash_size: int = 8, *,
+                image_exts: str | Iterable[str] = DEFAULT_IMAGE_EXTS, sidecar_dir: str | os.PathLike | None = None,
+                workers: int | None = None, on_error: str = "raise", fast_decode: bool = False,
+                refresh: bool = False, progress: bool = True, engine: str = "local",
+                ray_address: str | None = None) -> ShardHashes:
+    """Hash every shard that has no valid sidecar yet, in parallel; read the others.
+
+    Args:
+        urls: shard URLs: a brace pattern (``"data/shard-{000..099}.tar"``), a path, or a list.
+        method: hash method (default ``"phash"``).
+        hash_size: hash size (default 8: 64-bit hashes).
+        image_exts: suffixes that hold the image, in order of preference
+            (default ``jpg;jpeg;png;webp;ppm;bmp``); samples with none are counted and
+            listed (:attr:`ShardHashes.no_image`), not hashed.
+        sidecar_dir: folder for the sidecars; default: beside each local shard (the user
+            cache folder for remote URLs and read-only folders). With ``engine="ray"`` on
+            a multi-node cluster it must be storage every node sees (see ``docs/ray.md``).
+        workers: processes hashing shards side by side (``None``: one per core, at most
+            one per shard, but none below 256 MB of local shards, where starting the
+            processes costs more than it saves; 0: in this process). Local engine only.
+        on_error: ``"raise"`` or ``"skip"`` (undecodable images and damaged or missing
+            shards are recorded and the rest goes on).
+        fast_decode: JPEG draft decoding (faster, some bits differ from imagehash).
+        refresh: hash every shard again, even with a valid sidecar.
+        progress: a tqdm bar over the shards being hashed.
+        engine: ``"local"`` (worker processes on this machine) or ``"ray"`` (one Ray task
+            per shard, retried when its worker dies; needs ``pip install 'torch_dedup[ray]'``).
+            Both write the same sidecars.
+        ray_address: with ``engine="ray"``: the cluster to use (``"auto"``,
+            ``"ray://head:10001"``); None: the Ray session of this process, ``RAY_ADDRESS``,
+            or a new local cluster.
+
+    Returns:
+        A :class:`ShardHashes`.
+
+    Raises:
+        ValueError: a bad argument.
+        ImportError: ``engine="ray"`` without ray installed (the message names the extra).
+        ShardReadError: a missing, truncated or corrupt shard (``on_error="raise"``).
+        ImageDecodeError: an undecodable image (``on_error="raise"``).
+
+    Example:
+        >>> h = hash_shards("shards/shard-{000000..000009}.tar")  # doctest: +SKIP
+        >>> len(h.hashed), len(h.cached)   # a second call reads every sidecar
+        (10, 0)
+        >>> h = hash_shards("shards/shard-{000000..000009}.tar", engine="ray")  # doctest: +SKIP
+    """
+    exts = parse_image_exts(image_exts)
+    _check(method, hash_size, on_error, workers)
+    _check_engine(engine, ray_address)
+    run = _hash_missing(urls, method, hash_size, exts, sidecar_dir, workers, on_error, fast_decode, refresh, progress,
+                        engine, ray_address, keep=True)
+    urls = run.urls
+    # the URL as given now (it may be spelled differently from when the sidecar was written)
+    results = {i: replace(run.loaded.get(i) or read_shard_sidecar(path), url=urls[i])
+               for i, path in run.paths.items()}
+    errors = dict(run.errors)
     for i, sc in results.items():
         if sc.shard_error is not None:
-            errors[i] = (urls[i], f"damaged at byte offset {sc.shard_error.get('offset')} "
-                                  f"(member {sc.shard_error.get('member')!r}): {sc.shard_error.get('reason')}")
+            errors[i] = (urls[i], _shard_error_text(sc.shard_error))
     order = sorted(results)
-    out = ShardHashes(urls=urls, sidecars=[results[i] for i in order], hashed=hashed, cached=cached,
-                      errors=[errors[i] for i in sorted(errors)], settings=settings)
+    out = ShardHashes(urls=urls, sidecars=[results[i] for i in order], hashed=run.hashed, cached=run.cached,
+                      errors=[errors[i] for i in sorted(errors)], settings=run.settings)
     logger.info("hash_shards: %d shards (%d hashed, %d cached, %d with errors), %d samples",
-                len(urls), len(hashed), len(cached), len(errors), out.n_samples)
+                len(urls), len(run.hashed), len(run.cached), len(errors), out.n_samples)
     return out
