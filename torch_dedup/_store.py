@@ -161,8 +161,8 @@ def read_store(path: str | os.PathLike, kind: str, error: type[StoreError] = Sto
             raise error(str(path), "header checksum mismatch (corrupt file); delete it to recompute")
         try:
             doc = json.loads(header)
-        except ValueError as exc:
-            raise error(str(path), f"header is not valid JSON: {exc}") from None
+        except (ValueError, RecursionError) as exc:  # RecursionError: a deeply nested (hostile) header
+            raise error(str(path), f"header is not valid JSON: {type(exc).__name__}: {str(exc)[:200]}") from None
         if not isinstance(doc, dict) or doc.get("kind") != kind:
             raise error(str(path), f"file kind is {doc.get('kind') if isinstance(doc, dict) else None!r}, "
                                    f"expected {kind!r}")

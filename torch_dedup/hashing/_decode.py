@@ -6,11 +6,20 @@ functions are top-level and take only picklable arguments, so a ``spawn`` proces
 can run them (:func:`decode_batch`).
 
 EXIF orientation is *not* applied: imagehash hashes the pixels as stored, and so do we.
+
+Decompression bombs: an image over ``PIL.Image.MAX_IMAGE_PIXELS`` is a decode failure
+(an :class:`~torch_dedup.errors.ImageDecodeError`, or a recorded failure under
+``on_error="skip"``). Pillow itself raises only over twice the limit and merely warns
+between 1x and 2x; we turn that warning into the failure too, so that the result never
+depends on the caller's warning filters. Raise ``Image.MAX_IMAGE_PIXELS`` (or set it to
+``None``) to hash such images on purpose; worker processes see the value at spawn time
+only if it is set in the main module before the first hashing call.
 """
 
 from __future__ import annotations
 
 import os
+import warnings
 from collections.abc import Sequence
 
 import numpy as np
@@ -21,6 +30,16 @@ from torch_dedup.hashing._methods import resize_target
 __all__ = ["decode_batch", "hash_files", "load_file", "load_pixels", "prepare_pil"]
 
 _LANCZOS = Image.Resampling.LANCZOS
+
+
+def _open(path) -> Image.Image:
+    """``Image.open`` with Pillow's decompression-bomb *warning* (1x-2x the limit) raised as an error.
+
+    Pillow checks the size from the header alone, so a bomb fails here, before any pixel is decoded.
+    """
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", Image.DecompressionBombWarning)
+        return Image.open(path)
 
 
 def prepare_pil(image: Image.Image, method: str, hash_size: int) -> np.ndarray:
@@ -44,7 +63,7 @@ def load_file(path: str | os.PathLike, method: str, hash_size: int, fast_decode:
             differ from imagehash. The target size is computed from the full size, as
             imagehash would, so whash's scale does not change.
     """
-    with Image.open(path) as im:
+    with _open(path) as im:
         width, height = im.size
         target = resize_target(method, hash_size, width, height)
         if fast_decode:
@@ -63,7 +82,7 @@ def load_pixels(path: str | os.PathLike, method: str, hash_size: int, fast_decod
     Other modes (P, CMYK, I;16, RGBA, ...) are converted by Pillow itself, ``(H, W, 1)``.
     With ``fast_decode``, JPEGs are drafted as in :func:`load_file`.
     """
-    with Image.open(path) as im:
+    with _open(path) as im:
         width, height = im.size
         if fast_decode:
             im.draft("L", resize_target(method, hash_size, width, height))

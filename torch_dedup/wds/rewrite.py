@@ -6,7 +6,9 @@ recommends. :func:`rewrite_shards` reads each source shard once, checks it is th
 plan was made for, and writes every kept sample's files unchanged with webdataset's
 ``ShardWriter``, plus a sidecar for each new shard (from the plan's hashes: nothing is
 decoded again). Source shards are only read; an output folder that holds a source shard
-is refused; no member name can place a file outside the output folder.
+is refused; no member name can place a file outside the output folder. Each new shard is
+written in a staging folder inside ``out_dir`` and moved to its name with ``os.replace``
+once complete, so a crash never leaves a partial shard under a shard name.
 """
 
 from __future__ import annotations
@@ -14,6 +16,7 @@ from __future__ import annotations
 import logging
 import os
 import re
+import shutil
 from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath
 
@@ -32,6 +35,30 @@ __all__ = ["RewriteResult", "rewrite_shards"]
 logger = logging.getLogger(__name__)
 
 _PATTERN_FIELD = re.compile(r"%0?\d*d")
+_STAGING_PREFIX = ".torch_dedup-rewrite-"
+
+
+def _remove_dead_staging(out_dir: Path) -> None:
+    """Delete staging folders left by a rewrite that was killed (its process no longer runs)."""
+    for entry in out_dir.glob(f"{_STAGING_PREFIX}*.tmp"):
+        try:
+            pid = int(entry.name[len(_STAGING_PREFIX):].split("-")[0])
+        except ValueError:
+            continue
+        if _alive(pid):
+            continue
+        logger.info("removing %s, left by a rewrite that did not finish", entry)
+        shutil.rmtree(entry, ignore_errors=True)
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except OSError:  # exists, owned by someone else
+        return True
+    return True
 
 
 @dataclass
@@ -140,21 +167,38 @@ def rewrite_shards(plan: ShardPlan | str | os.PathLike, out_dir: str | os.PathLi
                     raise PlanError(where, f"source shard {sh['url']!r} changed since the plan was made "
                                            f"({now!r}, plan has {sh['fingerprint']!r}); hash and plan again")
     out_dir.mkdir(parents=True, exist_ok=True)
+    _remove_dead_staging(out_dir)
+    # Shards are written in a private staging folder and moved to their final name
+    # (os.replace, same filesystem) only once complete: a crash never leaves a partial
+    # shard under a name a reader would open, and a rerun with overwrite=True finishes the work.
+    staging = out_dir / f"{_STAGING_PREFIX}{os.getpid()}-{os.urandom(4).hex()}.tmp"
+    staging.mkdir()
     result = RewriteResult()
-    written: dict[str, list[int]] = {}  # new shard -> corpus indices written into it
+    written: dict[str, list[int]] = {}  # new shard (staging name) -> corpus indices written into it
     written_keys: dict[str, set] = {}
     finished: list[str] = []
-    writer = wds.ShardWriter(str(out_dir / pattern), maxcount=maxcount, maxsize=maxsize, verbose=0,
-                             encoder=False, keep_meta=True, post=finished.append)
+
+    def publish(fname: str) -> None:
+        final = out_dir / Path(fname).name
+        with open(fname, "rb+") as f:
+            os.fsync(f.fileno())
+        os.replace(fname, final)
+        finished.append((fname, str(final)))
+
+    writer = wds.ShardWriter(str(staging / pattern), maxcount=maxcount, maxsize=maxsize, verbose=0,
+                             encoder=False, keep_meta=True, post=publish)
     try:
-        for s, sh in enumerate(plan.shards):
-            _copy_shard(plan, s, sh["url"], writer, written, written_keys, result, on_error, where)
+        try:
+            for s, sh in enumerate(plan.shards):
+                _copy_shard(plan, s, sh["url"], writer, written, written_keys, result, on_error, where)
+        finally:
+            writer.close()
     finally:
-        writer.close()
-    result.shards = list(finished)
+        shutil.rmtree(staging, ignore_errors=True)
+    result.shards = [final for _, final in finished]
     result.n_written = sum(len(v) for v in written.values())
     if write_sidecars:
-        result.sidecars = [_write_sidecar(plan, p, written.get(p, [])) for p in result.shards]
+        result.sidecars = [_write_sidecar(plan, final, written.get(tmp, [])) for tmp, final in finished]
     logger.info("rewrite_shards: wrote %d samples into %d shards in %s (%d dropped)", result.n_written,
                 len(result.shards), out_dir, result.n_dropped)
     return result
