@@ -153,7 +153,9 @@ def main(argv=None) -> None:
     ap.add_argument("--sweep-n", type=int, default=None,
                     help="N of the time-vs-threshold table (default 100k quick, 1M full)")
     ap.add_argument("--sweep-max-t", type=int, default=16, help="largest t of that table (default 16)")
-    ap.add_argument("--no-faiss-1m", action="store_true", help="skip faiss IndexBinaryFlat at 1M (~10 min)")
+    ap.add_argument("--no-faiss-1m", action="store_true", help="skip faiss IndexBinaryFlat at 1M (~5 min)")
+    ap.add_argument("--faiss-1m-only", action="store_true",
+                    help="run only the faiss IndexBinaryFlat anchor at 1M (what --no-faiss-1m skips)")
     args = ap.parse_args(argv)
     t = args.threshold
     rng = np.random.default_rng(0)
@@ -161,6 +163,19 @@ def main(argv=None) -> None:
     print(f"# bench_search: {workers} cores, threshold {t}, {'quick' if args.quick else 'full'} run, "
           f"load average at start {os.getloadavg()[0]:.1f}")
 
+    if args.faiss_1m_only:
+        hf = clustered(rng, 1_000_000)
+        hamming_pairs(hf[:3000], t)  # load the kernels from the numba cache before timing
+        ours_f, rf = timed(hamming_pairs, hf, t)
+        res = faiss_anchor(hf, t, True, False)
+        if res is None:
+            print("faiss not installed (pip install faiss-cpu): anchor skipped")
+            return
+        row("N", "anchor", "anchor s", "ours s", "ratio", "anchor pairs", "our pairs")
+        for name, (dt, pairs) in res.items():
+            row("1,000,000", f"faiss {name}", f"{dt:.3f}", f"{ours_f:.3f}", f"{dt / ours_f:.1f}x", f"{pairs:,}",
+                f"{len(rf.pairs):,}")
+        return
     cold, warm = first_call_seconds()
     warm_h = uniform(rng, 3000)
     for algorithm in ("mih", "brute"):  # load every kernel from the numba cache before timing
