@@ -12,10 +12,10 @@ import torch
 import torchvision
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
-from torch.utils.data import BatchSampler, DataLoader, Dataset, DistributedSampler, IterableDataset, TensorDataset
+from torch.utils.data import BatchSampler, DataLoader, Dataset, DistributedSampler, TensorDataset
 
 from resume_utils import run_test_save_load_state, take
-from test_sources import fashion_mnist, image_folder
+from test_sources import NoLen, Stream, fashion_mnist, image_folder
 from torch_dedup.errors import DedupError, EmptyDedupError, PlanError
 from torch_dedup.hamming.cluster import find_duplicates
 from torch_dedup.index import plan_dataset
@@ -40,16 +40,6 @@ def make_plan(n: int, n_dups: int, seed: int = 0):
 def index_ds(n: int) -> TensorDataset:
     """Items are their own indices: what a loader fetched is what the sampler yielded."""
     return TensorDataset(torch.arange(n))
-
-
-class Stream(IterableDataset):
-    def __iter__(self):
-        yield from range(3)
-
-
-class NoLen(Dataset):
-    def __getitem__(self, i):
-        return i
 
 
 class Unreadable(Dataset):

@@ -325,15 +325,21 @@ def test_getitem_fallback_warns_about_transforms(caplog):
     assert t.kind == "items" and t.item(1).tolist() == [2, 3] and t.labels is None
 
 
+class Stream(IterableDataset):
+    """A stream: no random access, no length."""
+
+    def __iter__(self):
+        yield from range(3)
+
+
+class NoLen(Dataset):
+    """Map-style but without ``__len__``."""
+
+    def __getitem__(self, i):
+        return i
+
+
 def test_streams_and_unsized_datasets_are_refused():
-    class Stream(IterableDataset):
-        def __iter__(self):
-            yield from range(3)
-
-    class NoLen(Dataset):
-        def __getitem__(self, i):
-            return i
-
     with pytest.raises(TypeError, match="torch_dedup.wds"):
         source_of(Stream())
     with pytest.raises(TypeError, match="__len__"):

@@ -257,29 +257,8 @@ def sweep_components(indptr, nbr, dist, excl_level, key_class, n_classes, max_t)
 
 
 @njit(**NJIT)
-def expand_key_pairs(pu, pv, pd, key_ptr, key_class):  # pragma: no cover - compiled
-    """Expand pairs of distinct hash values into pairs of same-class keys.
-
-    Keys of hash value ``u`` are ``key_ptr[u]..key_ptr[u+1]``, sorted by class, so
-    the same-class keys of two values meet in one merge pass.
-    """
-    total = 0
-    for p in range(pu.shape[0]):
-        a, b = key_ptr[pu[p]], key_ptr[pv[p]]
-        ae, be = key_ptr[pu[p] + 1], key_ptr[pv[p] + 1]
-        while a < ae and b < be:
-            ca, cb = key_class[a], key_class[b]
-            if ca == cb:
-                total += 1
-                a += 1
-                b += 1
-            elif ca < cb:
-                a += 1
-            else:
-                b += 1
-    ka = np.empty(total, np.int64)
-    kb = np.empty(total, np.int64)
-    kd = np.empty(total, pd.dtype)
+def _merge_key_pairs(pu, pv, pd, key_ptr, key_class, ka, kb, kd, write):  # pragma: no cover - compiled
+    """One merge pass over every value pair: counts same-class key pairs, and writes them when ``write``."""
     q = 0
     for p in range(pu.shape[0]):
         a, b = key_ptr[pu[p]], key_ptr[pv[p]]
@@ -287,9 +266,10 @@ def expand_key_pairs(pu, pv, pd, key_ptr, key_class):  # pragma: no cover - comp
         while a < ae and b < be:
             ca, cb = key_class[a], key_class[b]
             if ca == cb:
-                ka[q] = a
-                kb[q] = b
-                kd[q] = pd[p]
+                if write:
+                    ka[q] = a
+                    kb[q] = b
+                    kd[q] = pd[p]
                 q += 1
                 a += 1
                 b += 1
@@ -297,6 +277,24 @@ def expand_key_pairs(pu, pv, pd, key_ptr, key_class):  # pragma: no cover - comp
                 a += 1
             else:
                 b += 1
+    return q
+
+
+@njit(**NJIT)
+def expand_key_pairs(pu, pv, pd, key_ptr, key_class):  # pragma: no cover - compiled
+    """Expand pairs of distinct hash values into pairs of same-class keys.
+
+    Keys of hash value ``u`` are ``key_ptr[u]..key_ptr[u+1]``, sorted by class, so
+    the same-class keys of two values meet in one merge pass (run twice: count, then fill).
+    """
+    ka = np.empty(0, np.int64)
+    kb = np.empty(0, np.int64)
+    kd = np.empty(0, pd.dtype)
+    total = _merge_key_pairs(pu, pv, pd, key_ptr, key_class, ka, kb, kd, False)
+    ka = np.empty(total, np.int64)
+    kb = np.empty(total, np.int64)
+    kd = np.empty(total, pd.dtype)
+    _merge_key_pairs(pu, pv, pd, key_ptr, key_class, ka, kb, kd, True)
     return ka, kb, kd
 
 
