@@ -139,8 +139,10 @@ def read_store(path: str | os.PathLike, kind: str, error: type[StoreError] = Sto
     """
     path = Path(path)
     try:
-        size = path.stat().st_size
         f = open(path, "rb")
+        # fstat, not stat(path): a writer may os.replace the path between the two calls, and
+        # the size must be that of the file we actually read.
+        size = os.fstat(f.fileno()).st_size
     except OSError as exc:
         raise error(str(path), f"cannot open: {exc.strerror or exc}") from None
     with f:
