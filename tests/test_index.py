@@ -99,6 +99,21 @@ def test_image_folder_matches_imagehash_on_the_files(folder):
     assert again.from_cache and np.array_equal(again.hashes, h.hashes)
 
 
+def test_image_folder_stays_loadable_after_its_sidecar_is_written(folder):
+    # Every sub-folder of an ImageFolder root is a class: a <root>/.torch_dedup/ folder made
+    # ImageFolder(root) fail on the next run ("Found no valid file for the classes .torch_dedup").
+    ds, _ = folder
+    first = hash_dataset(ds, progress=False, workers=0)
+    assert first.sidecar_path.parent == Path(ds.root) and first.sidecar_path.name.startswith(".torch_dedup-")
+    assert sorted(p.name for p in Path(ds.root).iterdir() if p.is_dir()) == ds.classes
+    again = torchvision.datasets.ImageFolder(ds.root)
+    assert again.classes == ds.classes and again.samples == ds.samples
+    second = hash_dataset(again, progress=False, workers=0)
+    assert second.from_cache and np.array_equal(second.hashes, first.hashes)
+    # a Subset of it keeps the rule; MNIST-style roots keep their .torch_dedup/ folder
+    assert sidecar_for(source_of(Subset(again, [1, 2]))).parent == Path(ds.root)
+
+
 def test_changed_file_makes_the_sidecar_stale(folder):
     ds, _ = folder
     first = hash_dataset(ds, progress=False, workers=0)
@@ -283,7 +298,7 @@ def test_range_pieces_concatenate_to_the_whole(folder):
     np.testing.assert_array_equal(np.concatenate([p.hashes for p in parts]), whole.hashes)
     assert [f[0] for p in parts for f in p.failures] == [7] == [f[0] for f in whole.failures]
     path = sidecar_for(src, cache_dir=None)
-    assert path.parent == Path(ds.root) / ".torch_dedup"
+    assert path.parent == Path(ds.root) and path.name.startswith(".torch_dedup-phash8-exact-")
     with pytest.raises(ValueError, match="start"):
         hash_source_range(src, 10, 5)
     with pytest.raises(ImageDecodeError) as info:

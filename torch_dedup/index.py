@@ -27,7 +27,7 @@ from .errors import ImageDecodeError
 from .hamming.cluster import find_duplicates
 from .hashing.api import METHODS, HashResult, hash_array, hash_bits, hash_images
 from .plan import DedupPlan
-from .sidecar import Sidecar, library_versions, load_or_none, sidecar_dir, sidecar_name, write_sidecar
+from .sidecar import Sidecar, library_versions, load_or_none, sidecar_file, sidecar_name, write_sidecar
 from .sources import ImageSource, labels_of, source_of
 
 __all__ = ["DatasetHashes", "check_labels", "decode_mode", "hash_dataset", "hash_source_range", "load_cached",
@@ -110,7 +110,9 @@ def sidecar_for(source: ImageSource, method: str = "phash", hash_size: int = 8, 
         hash_size: hash size.
         decode: ``"exact"`` or ``"fast_decode"`` (see :func:`decode_mode`).
         cache_dir: folder override; ``False`` disables caching; ``None``: ``<root>/.torch_dedup``
-            when writable, else ``$TORCH_DEDUP_CACHE``, else ``~/.cache/torch_dedup``.
+            when writable (for an ``ImageFolder``, whose sub-folders are all classes, a hidden
+            file ``<root>/.torch_dedup-<name>`` instead), else ``$TORCH_DEDUP_CACHE``, else
+            ``~/.cache/torch_dedup``.
 
     Returns:
         The path, or ``None`` when caching is off or the source has no fingerprint.
@@ -126,8 +128,8 @@ def sidecar_for(source: ImageSource, method: str = "phash", hash_size: int = 8, 
         return None
     if cache_dir is True:
         cache_dir = None
-    folder = sidecar_dir(source.root, cache_dir)
-    return folder / sidecar_name(source.fingerprint, method, int(hash_size), decode)
+    return sidecar_file(sidecar_name(source.fingerprint, method, int(hash_size), decode), source.root, cache_dir,
+                        class_folders=source.class_folders)
 
 
 def load_cached(path: str | os.PathLike | None, source: ImageSource, method: str, hash_size: int,

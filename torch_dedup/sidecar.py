@@ -43,6 +43,7 @@ __all__ = [
     "read_sidecar",
     "remove_stale_temp_files",
     "sidecar_dir",
+    "sidecar_file",
     "sidecar_name",
     "write_sidecar",
 ]
@@ -133,17 +134,22 @@ def _writable_dir(folder: Path) -> bool:
         return False
 
 
-def sidecar_dir(root: str | os.PathLike | None = None, cache_dir: str | os.PathLike | None = None) -> Path:
+def sidecar_dir(root: str | os.PathLike | None = None, cache_dir: str | os.PathLike | None = None, *,
+                class_folders: bool = False) -> Path:
     """Folder that holds a dataset's sidecars.
 
     Args:
         root: the dataset's root folder, if it has one. ``<root>/.torch_dedup/`` is used
             when it can be written.
         cache_dir: explicit folder; overrides everything else.
+        class_folders: every sub-folder of ``root`` is a class (``ImageFolder``): a
+            ``.torch_dedup/`` folder there would become a class of its own and break the
+            dataset, so ``root`` itself is used (sidecar names then start with
+            ``.torch_dedup-``, see :func:`sidecar_file`).
 
     Returns:
-        ``cache_dir`` if given; else ``<root>/.torch_dedup`` when writable; else
-        :func:`default_cache_dir`.
+        ``cache_dir`` if given; else ``<root>/.torch_dedup`` (``<root>`` for class
+        folders) when writable; else :func:`default_cache_dir`.
 
     Example:
         >>> sidecar_dir(cache_dir="/tmp/my-cache")
@@ -152,11 +158,28 @@ def sidecar_dir(root: str | os.PathLike | None = None, cache_dir: str | os.PathL
     if cache_dir is not None:
         return Path(cache_dir).expanduser()
     if root is not None:
-        candidate = Path(root).expanduser() / _DIR_NAME
-        if _writable_dir(candidate):
+        candidate = Path(root).expanduser() if class_folders else Path(root).expanduser() / _DIR_NAME
+        if (candidate.is_dir() if class_folders else True) and _writable_dir(candidate):
             return candidate
         logger.info("dataset root %s is not writable; sidecars go to %s", root, default_cache_dir())
     return default_cache_dir()
+
+
+def sidecar_file(name: str, root: str | os.PathLike | None = None, cache_dir: str | os.PathLike | None = None,
+                 *, class_folders: bool = False) -> Path:
+    """Full path of the sidecar called ``name`` (:func:`sidecar_name`) of a dataset.
+
+    In the folder :func:`sidecar_dir` picks; when that folder is an ``ImageFolder`` root
+    (``class_folders``), the file is hidden as ``.torch_dedup-<name>``: a file there is
+    neither a class nor a sample to torchvision.
+
+    Example:
+        >>> sidecar_file("phash8-exact-0123.tdhash", cache_dir="/tmp/c")
+        PosixPath('/tmp/c/phash8-exact-0123.tdhash')
+    """
+    folder = sidecar_dir(root, cache_dir, class_folders=class_folders)
+    in_root = class_folders and cache_dir is None and root is not None and folder == Path(root).expanduser()
+    return folder / (f"{_DIR_NAME}-{name}" if in_root else name)
 
 
 def _check_decode(decode: str) -> None:

@@ -55,6 +55,9 @@ class ImageSource:
         labels: ``int64`` ``(n,)`` class labels when the dataset has them, else ``None``.
         root: the dataset's root folder (where sidecars go), or ``None``.
         description: short human-readable origin, e.g. ``"FashionMNIST.data (10000, 28, 28)"``.
+        class_folders: ``True`` when the items come from ``.samples`` (``ImageFolder``/
+            ``DatasetFolder``): every sub-folder of ``root`` is then a class, so nothing may
+            create a folder there (sidecars go into ``root`` as hidden files instead).
     """
 
     kind: str
@@ -68,6 +71,7 @@ class ImageSource:
     _indices: np.ndarray | None = field(default=None, repr=False)
     _paths: Sequence[str] | None = field(default=None, repr=False)
     _get: Callable[[int], Any] | None = field(default=None, repr=False)
+    class_folders: bool = False
 
     def __len__(self) -> int:
         return self.n
@@ -289,10 +293,11 @@ def _source(ds, image_fn, user_fp: str | None) -> ImageSource:
         loader = getattr(ds, "loader", None)
         if loader is None or (getattr(loader, "__module__", "") == "torchvision.datasets.folder"
                               and getattr(loader, "__name__", "") in _FILE_LOADERS):
-            return ImageSource("files", n, fp, labels, root, f"{cls}.samples ({n} files)", _paths=paths)
+            return ImageSource("files", n, fp, labels, root, f"{cls}.samples ({n} files)", _paths=paths,
+                               class_folders=True)
         # A custom loader decides what the file holds; call it on the path (still no transform).
         return ImageSource("items", n, fp, labels, root, f"{cls}.samples via {cls}.loader",
-                           _get=lambda j, _p=paths, _l=loader: _l(_p[j]))
+                           _get=lambda j, _p=paths, _l=loader: _l(_p[j]), class_folders=True)
     if _has_transform(ds):
         logger.warning("%s has a transform set and no raw-image fast path: hashing ds[i][0] runs it, and random "
                        "augmentations make hashes meaningless. Pass image_fn=lambda i: <raw image of item i>.", cls)
@@ -346,10 +351,11 @@ def source_of(ds, image_fn: Callable[[int], Any] | None = None, *, fingerprint: 
         labels = None if base.labels is None else base.labels[pos]
         return ImageSource(base.kind, int(pos.size), fp, labels, base.root, f"Subset of {base.description}",
                            _array=base._array, _chw=base._chw, _indices=absolute, _paths=base._paths,
-                           _get=base._get)
+                           _get=base._get, class_folders=base.class_folders)
     src = _source(ds, image_fn, fingerprint)
     if fingerprint is not None and src.fingerprint is not None and not src.fingerprint.startswith("user:"):
         src = ImageSource(src.kind, src.n, f"{src.fingerprint}|user:{fingerprint}", src.labels, src.root,
-                          src.description, src._array, src._chw, src._indices, src._paths, src._get)
+                          src.description, src._array, src._chw, src._indices, src._paths, src._get,
+                          src.class_folders)
     return src
 
