@@ -10,6 +10,12 @@ training starts. Rows already in the CSV are skipped, so an interrupted sweep re
 where it stopped. At the end it writes the plot (accuracy vs removed %, accuracy vs
 training time, mean ± sd over seeds) and prints Markdown tables of the results.
 
+Variants beyond the paper: ``--per-class-threshold`` (only same-label images are
+duplicates), ``--priority-thresholds`` (keep the highest-contrast image of a group) and
+``--central-thresholds`` (keep the image with the most near-duplicates first: a medoid of
+its group). Training uses ``train_classifier.py --preload`` (images decoded once, batches
+augmented as tensors) unless ``--no-preload``.
+
 Examples::
 
     # Fashion-MNIST (Debian files), 2 seeds, 2 epochs per run:
@@ -20,6 +26,11 @@ Examples::
     # CIFAR-10 JPEG trees: kept counts and train/test leakage only (no training):
     python examples/ce_dedup_sweep.py --dataset imagefolder --root /tmp/cifar10 --no-train \\
         --leak-thresholds 0,2,4,6,8,10 --out-dir results --name cifar10
+
+    # CIFAR-10 JPEG trees, the grid of docs/results.md (3 epochs, 2 seeds, dedup + random):
+    python examples/ce_dedup_sweep.py --dataset imagefolder --root /tmp/cifar10 \
+        --thresholds 0,8,10,12,14,16 --seeds 0,1 --epochs 3 --per-class-threshold 14 \
+        --central-thresholds 12,14 --random-min-removed 3 --out-dir results --name cifar10
 
     # Tables and plot again from an existing CSV:
     python examples/ce_dedup_sweep.py --report-only --out-dir results --name fashion_mnist
@@ -41,7 +52,7 @@ import numpy as np
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import train_classifier as tc  # the example next to this one
 
-from torch_dedup.hamming.cluster import sweep_thresholds, sweep_thresholds_by_class
+from torch_dedup.hamming.cluster import find_duplicates, sweep_thresholds, sweep_thresholds_by_class
 from torch_dedup.hamming.search import hamming_pairs
 from torch_dedup.index import hash_dataset
 
@@ -117,6 +128,8 @@ def configs(args) -> list[dict]:
                         "threshold": args.per_class_threshold})
     for t in args.priority_thresholds:
         out.append({"policy": "greedy", "per_class": False, "priority": "contrast", "threshold": t})
+    for t in args.central_thresholds:
+        out.append({"policy": "greedy", "per_class": False, "priority": "central", "threshold": t})
     return out
 
 
@@ -126,7 +139,7 @@ def kept_counts(args, train_ds, cfgs: list[dict], sweep_csv: Path) -> dict:
     h = hash_dataset(train_ds, args.method, cache_dir=args.cache_dir, progress=False)
     log.info("hashed %d training images (%s) in %.1f s", len(h), "sidecar hit" if h.from_cache else "computed",
              time.perf_counter() - t0)
-    variants = {(c["policy"], c["per_class"], c["priority"]) for c in cfgs}
+    variants = {(c["policy"], c["per_class"], c["priority"]) for c in cfgs if c["priority"] != "central"}
     variants |= {(p, False, "index") for p in ("greedy", "components")}
     max_t = max([c["threshold"] for c in cfgs] + [args.sweep_max])
     n = len(h)
@@ -142,6 +155,13 @@ def kept_counts(args, train_ds, cfgs: list[dict], sweep_csv: Path) -> dict:
             counts[(policy, per_class, priority, t)] = k
             rows.append({"dataset": args.dataset, "policy": policy, "per_class": per_class, "priority": priority,
                          "threshold": t, "kept": k, "n_train": n, "removed_pct": round(100 * (1 - k / n), 3)})
+    for t in sorted({c["threshold"] for c in cfgs if c["priority"] == "central"}):
+        # the "central" priority (number of near-duplicates within t) depends on t: one search per t
+        k = int(find_duplicates(h.hashes, t, priority=tc.central_scores(train_ds, t, args.method, args.cache_dir),
+                                valid=h.valid).keep.sum())
+        counts[("greedy", False, "central", t)] = k
+        rows.append({"dataset": args.dataset, "policy": "greedy", "per_class": False, "priority": "central",
+                     "threshold": t, "kept": k, "n_train": n, "removed_pct": round(100 * (1 - k / n), 3)})
     write_rows(sweep_csv, rows, SWEEP_FIELDS)
     if h.labels is not None:  # which classes lose the most: dedup is not class-blind
         class_rows = []
@@ -188,7 +208,7 @@ def train_once(args, data, seed: int, *, threshold=None, policy="greedy", per_cl
     argv = ["--dataset", args.dataset, "--root", args.root, "--epochs", str(args.epochs), "--seed", str(seed),
             "--method", args.method, "--policy", policy, "--priority", priority, "--batch-size",
             str(args.batch_size), "--lr", str(args.lr), "--device", args.device, "--workers", str(args.workers),
-            "--threads", str(args.threads)]
+            "--threads", str(args.threads)] + ([] if args.no_preload else ["--preload"])
     if args.cache_dir:
         argv += ["--cache-dir", args.cache_dir]
     if threshold is not None:
@@ -235,7 +255,7 @@ def run_grid(args, data, cfgs, counts, runs_csv: Path) -> None:
                 continue
             run({"subset": "dedup", **c, "kept": kept, "seed": seed}, threshold=c["threshold"],
                 policy=c["policy"], per_class=c["per_class"], priority=c["priority"])
-            if not args.no_random and kept < n:
+            if not args.no_random and kept < n and 100 * (1 - kept / n) >= args.random_min_removed:
                 run({"subset": "random", **c, "kept": kept, "seed": seed}, subset_random=kept)
 
 
@@ -305,6 +325,26 @@ def markdown(rows: list[dict]) -> str:
                      + (f"{best_eq[0]:.1f} % (t={best_eq[2]}, {best_eq[1]:+.2f} pts)" if best_eq else "none")
                      + "; largest removal within 5 pts: "
                      + (f"{best_five[0]:.1f} % (t={best_five[2]}, {best_five[1]:+.2f} pts)" if best_five else "none"))
+    variants = [k for k in order if k[1] or k[2] != "index"]
+    base = sorted([(0.0, fm)] * bool(s["full"]) + [
+        (100 * (1 - k[4] / n), _stats([a for a, _ in v])[0]) for k, v in s["dedup"].items()
+        if k[0] == "greedy" and not k[1] and k[2] == "index"])
+    if variants and len(base) >= 2:
+        lines.append("\nVariants against plain greedy (index order, per_class off) at the same removed %, "
+                     "read off plain greedy's curve by linear interpolation between its two nearest points "
+                     "(where that curve bends down, the chord lies below it and flatters the variant; the "
+                     "dedup − random column above is the exact same-size comparison):\n")
+        xs, ys = np.array([b[0] for b in base]), np.array([b[1] for b in base])
+        for policy, per_class, prio, t, kept in variants:
+            x = 100 * (1 - kept / n)
+            dm = _stats([a for a, _ in s["dedup"][(policy, per_class, prio, t, kept)]])[0]
+            name = f"{policy}{' per_class' if per_class else ''}{'' if prio == 'index' else ' ' + prio} t={t}"
+            if xs.min() <= x <= xs.max():
+                ref = float(np.interp(x, xs, ys))
+                lines.append(f"- {name} ({x:.1f} % removed): {100 * dm:.2f} % vs {100 * ref:.2f} % "
+                             f"({100 * (dm - ref):+.2f} pts)")
+            else:
+                lines.append(f"- {name} ({x:.1f} % removed): outside plain greedy's measured range")
     return "\n".join(lines) + "\n"
 
 
@@ -331,7 +371,8 @@ def sweep_markdown(rows: list[dict], thresholds=None) -> str:
                                   f" kept (removed %)" for p, pc, pr in keys) + " |"
     lines = [head, "|---:|" + "---:|" * len(keys)]
     for t in ts:
-        lines.append(f"| {t} | " + " | ".join(f"{by[k][t][0]} ({by[k][t][1]:.1f})" for k in keys) + " |")
+        lines.append(f"| {t} | " + " | ".join(f"{by[k][t][0]} ({by[k][t][1]:.1f})" if t in by[k] else "–"
+                                              for k in keys) + " |")
     return "\n".join(lines) + "\n"
 
 
@@ -445,6 +486,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help="also train with per_class=True at this threshold, for every policy")
     p.add_argument("--priority-thresholds", type=int_list, default=[],
                    help="also train greedy with the 'contrast' keep priority at these thresholds")
+    p.add_argument("--central-thresholds", type=int_list, default=[],
+                   help="also train greedy with the 'central' keep priority (most near-duplicates first) at "
+                        "these thresholds")
     p.add_argument("--sweep-max", type=int, default=16, help="kept counts are listed for t=0..this (default 16)")
     p.add_argument("--method", default="phash", choices=("phash", "dhash", "ahash", "whash"))
     p.add_argument("--epochs", type=int, default=2, help="epochs per run (default: 2)")
@@ -457,6 +501,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--limit", type=int, default=None, help="a fixed subset of N training (and test) images")
     p.add_argument("--limit-test", type=int, default=None, help="test images with --limit")
     p.add_argument("--no-random", action="store_true", help="skip the random-subset baseline runs")
+    p.add_argument("--random-min-removed", type=float, default=0.0, metavar="PCT",
+                   help="skip the random baseline where dedup removes less than PCT %% (default 0: never)")
+    p.add_argument("--no-preload", action="store_true",
+                   help="read images through the datasets' own transforms instead of train_classifier's --preload")
     p.add_argument("--no-full", action="store_true", help="skip the full-set runs")
     p.add_argument("--no-train", action="store_true", help="only hash, sweep kept counts and (optionally) leakage")
     p.add_argument("--leak-thresholds", type=int_list, default=[],

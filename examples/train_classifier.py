@@ -18,6 +18,8 @@ Examples::
 
     # Any ImageFolder with train/ and test/ subfolders, e.g. the CIFAR-10 JPEG trees:
     python examples/train_classifier.py --dataset imagefolder --root /tmp/cifar10 --threshold 6
+    # ... about twice as fast on a small CPU: decode once, augment whole batches as tensors
+    python examples/train_classifier.py --dataset imagefolder --root /tmp/cifar10 --threshold 6 --preload
 
 Nothing is downloaded: torchvision datasets must already be under ``--root``.
 """
@@ -189,6 +191,102 @@ def fixed_subset(ds, n: int | None):
     return Subset(ds, idx.tolist())
 
 
+class InMemory(torch.utils.data.Dataset):
+    """A dataset's raw images decoded once into one uint8 tensor ``(N, C, H, W)``, with its labels.
+
+    Item ``i`` is item ``i`` of the original dataset, so a ``DedupSampler`` built on the original
+    drives a DataLoader over this copy unchanged. Augmentation and normalisation run on whole
+    batches (:class:`BatchTransform`) instead of per image, which on a small CPU is about
+    half of the time of a small ResNet's epoch (``--preload``).
+    """
+
+    def __init__(self, ds, image_size: int | None = None):
+        from torch_dedup.sources import labels_of, source_of
+        src = source_of(ds)
+        if src.kind == "array":
+            arr = src.array_batch(0, src.n)
+        elif src.kind == "files":
+            from PIL import Image
+            imgs = []
+            for path in src.paths():
+                with Image.open(path) as im:
+                    im = im.convert("RGB")
+                    if image_size is not None and im.size != (image_size, image_size):
+                        im = im.resize((image_size, image_size), Image.BILINEAR)  # as transforms.Resize
+                    imgs.append(np.asarray(im))
+            arr = np.stack(imgs)
+        else:
+            sys.exit(f"error: --preload needs a dataset of arrays or files; {src.description} is neither")
+        arr = arr[:, None] if arr.ndim == 3 else arr.transpose(0, 3, 1, 2)
+        self.x = torch.from_numpy(np.ascontiguousarray(arr))
+        self.y = torch.from_numpy(np.asarray(labels_of(ds), dtype=np.int64))
+
+    def __len__(self) -> int:
+        return len(self.y)
+
+    def __getitem__(self, i):
+        return self.x[i], self.y[i]
+
+
+class BatchTransform:
+    """``RandomCrop(size, padding=pad)`` + ``RandomHorizontalFlip`` + ``Normalize`` on a uint8 batch.
+
+    The same distribution as the per-image torchvision transforms of :func:`build_datasets`
+    (zero padding, independent crop offsets and flips per image), drawn from torch's global RNG.
+    """
+
+    def __init__(self, mean, std, *, pad: int = 0, flip: bool = False):
+        self.mean = torch.tensor(mean).view(1, -1, 1, 1)
+        self.std = torch.tensor(std).view(1, -1, 1, 1)
+        self.pad, self.flip = pad, flip
+
+    def __call__(self, x: torch.Tensor, train: bool) -> torch.Tensor:
+        n, c, h, w = x.shape
+        if train and self.pad:
+            p = self.pad
+            padded = F.pad(x, (p, p, p, p))
+            dy, dx = torch.randint(0, 2 * p + 1, (n,)), torch.randint(0, 2 * p + 1, (n,))
+            rows = (dy[:, None] + torch.arange(h)).to(x.device)
+            cols = (dx[:, None] + torch.arange(w)).to(x.device)
+            x = padded[torch.arange(n, device=x.device)[:, None, None, None],
+                       torch.arange(c, device=x.device)[None, :, None, None], rows[:, None, :, None],
+                       cols[:, None, None, :]]
+        if train and self.flip:
+            flip = (torch.rand(n) < 0.5).to(x.device)
+            x = torch.where(flip[:, None, None, None], x.flip(3), x)
+        x = x.float().div_(255)
+        return (x - self.mean.to(x.device)) / self.std.to(x.device)
+
+
+_PRELOADED: dict[int, tuple] = {}
+
+
+def preloaded(ds, image_size: int) -> InMemory:
+    """``InMemory(ds)``, decoded once per dataset object (the sweep trains many times on one dataset)."""
+    hit = _PRELOADED.get(id(ds))
+    if hit is None or hit[0] is not ds:
+        t0 = time.perf_counter()
+        hit = _PRELOADED[id(ds)] = (ds, InMemory(ds, image_size))
+        log.info("preloaded %d images into memory (%.0f MB) in %.1f s", len(ds), hit[1].x.numel() / 2**20,
+                 time.perf_counter() - t0)
+    return hit[1]
+
+
+def central_scores(ds, threshold: int, method: str, cache_dir=None) -> np.ndarray:
+    """Per-item number of near-duplicates within ``threshold`` (a keep priority: the most central first).
+
+    With greedy, keeping the image with the most near-duplicates first keeps a "medoid" of
+    each cluster: the image that stands for the most others.
+    """
+    from torch_dedup import hamming_pairs, hash_dataset
+    h = hash_dataset(ds, method, cache_dir=cache_dir, progress=False)
+    valid = np.flatnonzero(h.valid) if h.valid is not None else np.arange(len(h.hashes))
+    pairs = hamming_pairs(h.hashes[valid], threshold).pairs
+    degree = np.zeros(len(h.hashes), np.int64)
+    degree[valid] = np.bincount(pairs.ravel(), minlength=valid.size)
+    return degree
+
+
 def contrast_scores(ds) -> np.ndarray:
     """Per-item pixel standard deviation of the raw image (a keep priority: higher is kept first)."""
     from torch_dedup.sources import source_of
@@ -212,12 +310,13 @@ def pick_device(name: str) -> torch.device:
     return torch.device(name)
 
 
-def evaluate(model: nn.Module, loader: DataLoader, device: torch.device) -> float:
+def evaluate(model: nn.Module, loader: DataLoader, device: torch.device, prep=None) -> float:
     model.eval()
     correct = total = 0
     with torch.no_grad():
         for x, y in loader:
-            pred = model(x.to(device, non_blocking=True)).argmax(1).cpu()
+            x = x.to(device, non_blocking=True)
+            pred = model(x if prep is None else prep(x, train=False)).argmax(1).cpu()
             correct += (pred == y).sum().item()
             total += len(y)
     return correct / max(total, 1)
@@ -245,7 +344,9 @@ def train(args: argparse.Namespace, data=None) -> dict:
     # --- the one line CE-Dedup adds: a sampler over the kept items instead of shuffle=True ---
     t_prep = time.perf_counter()
     if args.threshold is not None:
-        priority = contrast_scores(train_ds) if args.priority == "contrast" else None
+        priority = (contrast_scores(train_ds) if args.priority == "contrast" else
+                    central_scores(train_ds, args.threshold, args.method, args.cache_dir)
+                    if args.priority == "central" else None)
         sampler = DedupSampler(train_ds, threshold=args.threshold, method=args.method, policy=args.policy,
                                per_class=args.per_class, priority=priority, cache_dir=args.cache_dir,
                                seed=args.seed, progress=False)
@@ -259,6 +360,12 @@ def train(args: argparse.Namespace, data=None) -> dict:
     else:
         sampler, n_used = None, n_full
     prep_seconds = time.perf_counter() - t_prep  # hashing (or reading the sidecar) + search + keep decision
+    prep = None  # --preload: images decoded once, augmented per batch (the sampler's indices are unchanged)
+    if args.preload:
+        mean, std = STATS[args.dataset]
+        prep = BatchTransform(mean, std, pad=0 if args.dataset in ("fashion-mnist", "mnist") else args.image_size // 8,
+                              flip=args.dataset not in ("fashion-mnist", "mnist", "svhn"))
+        train_ds, test_ds = preloaded(train_ds, args.image_size), preloaded(test_ds, args.image_size)
     loader = DataLoader(train_ds, batch_size=args.batch_size, sampler=sampler, shuffle=sampler is None,
                         num_workers=args.workers, pin_memory=device.type == "cuda",
                         persistent_workers=args.workers > 0)
@@ -267,6 +374,8 @@ def train(args: argparse.Namespace, data=None) -> dict:
              n_full, n_used, 100.0 * (1 - n_used / n_full), len(test_ds))
 
     model = (LeNet(in_ch) if args.dataset in ("fashion-mnist", "mnist") else SmallResNet(in_ch)).to(device)
+    fmt = torch.channels_last if isinstance(model, SmallResNet) else torch.contiguous_format  # faster convs
+    model = model.to(memory_format=fmt)
     opt = torch.optim.SGD(model.parameters(), lr=args.lr, momentum=0.9, weight_decay=5e-4, nesterov=True)
     steps = args.epochs * len(loader)
     # One-cycle schedule; a handful of steps (tiny smoke runs) is too few for its phases: constant lr.
@@ -281,7 +390,9 @@ def train(args: argparse.Namespace, data=None) -> dict:
         loss_sum = 0.0
         for x, y in loader:
             x, y = x.to(device, non_blocking=True), y.to(device, non_blocking=True)
-            loss = F.cross_entropy(model(x), y)
+            if prep is not None:
+                x = prep(x, train=True)
+            loss = F.cross_entropy(model(x.contiguous(memory_format=fmt)), y)
             opt.zero_grad(set_to_none=True)
             loss.backward()
             opt.step()
@@ -292,7 +403,7 @@ def train(args: argparse.Namespace, data=None) -> dict:
             torch.cuda.synchronize()
         train_seconds += time.perf_counter() - t0
         cpu_seconds += time.process_time() - c0  # all threads of this process: robust to a busy machine
-        acc = evaluate(model, test_loader, device)
+        acc = evaluate(model, test_loader, device, prep)
         per_epoch.append(acc)
         log.info("epoch %d/%d: loss %.4f, test accuracy %.2f%%, training time so far %.1f s",
                  epoch + 1, args.epochs, loss_sum / n_used, 100 * acc, train_seconds)
@@ -323,8 +434,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--method", default="phash", choices=("phash", "dhash", "ahash", "whash"))
     p.add_argument("--policy", default="greedy", choices=("greedy", "components"))
     p.add_argument("--per-class", action="store_true", help="only same-label images can be duplicates")
-    p.add_argument("--priority", default="index", choices=("index", "contrast"),
-                   help="which image of a group is kept: the first (index) or the highest pixel std (contrast)")
+    p.add_argument("--priority", default="index", choices=("index", "contrast", "central"),
+                   help="which image of a group is kept: the first (index), the highest pixel std (contrast) "
+                        "or the one with the most near-duplicates (central)")
     p.add_argument("--subset-random", type=int, default=None, metavar="N",
                    help="train on a random subset of N images (the baseline for dedup)")
     p.add_argument("--epochs", type=int, default=2)
@@ -333,6 +445,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--device", default="auto", help="auto (cuda when available), cpu, cuda, cuda:1, ...")
     p.add_argument("--workers", type=int, default=0, help="DataLoader worker processes")
+    p.add_argument("--preload", action="store_true",
+                   help="decode the images once into memory and augment whole batches as tensors (same "
+                        "augmentation, about 2x faster for 32x32 images on a small CPU)")
     p.add_argument("--threads", type=int, default=0, help="torch CPU threads (0: torch's default)")
     p.add_argument("--image-size", type=int, default=32, help="ImageFolder images are resized to this")
     p.add_argument("--cache-dir", default=None, help="where hash sidecars go (default: beside the data)")

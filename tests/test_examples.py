@@ -173,3 +173,87 @@ def test_fashion_mnist_from_debian(fashion_mnist_debian, tmp_path):
         "t10k-images-idx3-ubyte", "t10k-labels-idx1-ubyte", "train-images-idx3-ubyte", "train-labels-idx1-ubyte"]
     m = json.loads(metrics.read_text())
     assert m["n_train"] == 500 and m["kept"] < 500
+
+
+# ------------------------------------------------------------------ --preload and the "central" priority
+
+
+def test_in_memory_copy_matches_the_dataset(folder):
+    from torchvision import datasets
+    tc = load_example("train_classifier")
+    ds = datasets.ImageFolder(str(folder / "train"))
+    mem = tc.InMemory(ds, image_size=32)
+    assert mem.x.shape == (60, 3, 32, 32) and mem.x.dtype.is_floating_point is False
+    for i in (0, 17, 59):
+        x, y = mem[i]
+        img, label = ds[i]
+        assert np.array_equal(x.permute(1, 2, 0).numpy(), np.asarray(img)) and int(y) == label
+    # an array dataset (MNIST layout: (N, H, W) uint8 + targets) gets one channel
+    arr = type("Arr", (), {"data": np.arange(3 * 4 * 5, dtype=np.uint8).reshape(3, 4, 5), "targets": [2, 0, 1],
+                           "__len__": lambda self: 3, "__getitem__": lambda self, i: (self.data[i], self.targets[i])})()
+    mem = tc.InMemory(arr)
+    assert mem.x.shape == (3, 1, 4, 5) and np.array_equal(mem.x[:, 0].numpy(), arr.data)
+    assert mem.y.tolist() == [2, 0, 1]
+
+
+def test_batch_transform_is_the_per_image_transform():
+    import torch
+    from torchvision import transforms
+    tc = load_example("train_classifier")
+    mean, std = (0.4914, 0.4822, 0.4465), (0.2470, 0.2435, 0.2616)
+    rng = np.random.default_rng(1)
+    x = torch.from_numpy(rng.integers(0, 256, (400, 3, 8, 8), dtype=np.uint8))
+    # without augmentation: exactly ToTensor + Normalize
+    ref = torch.stack([transforms.Normalize(mean, std)(transforms.ToTensor()(Image.fromarray(a.permute(1, 2, 0)
+                                                                                                 .numpy())))
+                       for a in x])
+    bt = tc.BatchTransform(mean, std, pad=2, flip=True)
+    torch.testing.assert_close(bt(x, train=False), ref, rtol=0, atol=1e-6)
+    # with augmentation: each image is one of the (2*pad+1)^2 zero-padded crops, flipped or not,
+    # independently per image, covering every offset (RandomCrop(padding=2) + RandomHorizontalFlip)
+    torch.manual_seed(0)
+    out = bt(x, train=True)
+    padded = torch.nn.functional.pad(ref * torch.tensor(std).view(1, 3, 1, 1) + torch.tensor(mean).view(1, 3, 1, 1),
+                                     (2, 2, 2, 2))
+    seen, flips = set(), 0
+    back = out * torch.tensor(std).view(1, 3, 1, 1) + torch.tensor(mean).view(1, 3, 1, 1)
+    for k in range(len(x)):
+        found = [(dy, dx, f) for dy in range(5) for dx in range(5) for f in (0, 1)
+                 if torch.allclose((padded[k, :, dy:dy + 8, dx:dx + 8].flip(2) if f else
+                                    padded[k, :, dy:dy + 8, dx:dx + 8]), back[k], atol=1e-5)]
+        assert found, k
+        seen.add(found[0][:2])
+        flips += found[0][2]
+    assert len(seen) == 25 and 120 < flips < 280
+
+
+def test_central_priority_is_the_near_duplicate_count(folder, tmp_path):
+    from torchvision import datasets
+
+    from naive import distance_matrix
+    from torch_dedup import hash_dataset
+    tc = load_example("train_classifier")
+    ds = datasets.ImageFolder(str(folder / "train"))
+    h = hash_dataset(ds, cache_dir=tmp_path, progress=False, workers=0)
+    d = distance_matrix(h.hashes, h.hashes)
+    for t in (0, 6):
+        assert tc.central_scores(ds, t, "phash", tmp_path).tolist() == ((d <= t).sum(1) - 1).tolist()
+
+
+def test_sweep_central_priority_and_random_floor(folder, tmp_path):
+    out = tmp_path / "out"
+    res = run(SWEEP, "--dataset", "imagefolder", "--root", str(folder), "--thresholds", "0,10", "--policies",
+              "greedy", "--central-thresholds", "10", "--seeds", "0", "--epochs", "1", "--batch-size", "16",
+              "--device", "cpu", "--threads", "1", "--no-full", "--random-min-removed", "40",
+              "--cache-dir", str(tmp_path / "cache"), "--out-dir", str(out), "--name", "c", cwd=tmp_path)
+    assert res.returncode == 0, res.stderr
+    sweep = {(r["priority"], r["threshold"]): int(r["kept"]) for r in read_csv(out / "c_sweep.csv")
+             if r["policy"] == "greedy" and r["per_class"] == "False"}
+    runs = read_csv(out / "c_runs.csv")
+    dedup = {(r["priority"], r["threshold"]): int(r["kept"]) for r in runs if r["subset"] == "dedup"}
+    assert dedup == {k: sweep[k] for k in (("index", "0"), ("index", "10"), ("central", "10"))}
+    # random baselines only where dedup removed at least 40 % of the 60 images (t=10: the copies go)
+    assert dedup[("index", "0")] > 36 >= dedup[("index", "10")]
+    assert sorted(int(r["kept"]) for r in runs if r["subset"] == "random") == sorted(
+        {k for k in dedup.values() if k <= 36})
+    assert "central" in res.stdout

@@ -12,7 +12,6 @@ import io
 import os
 import pickle
 import shutil
-import tarfile
 
 import imagehash
 import numpy as np
