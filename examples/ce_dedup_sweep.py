@@ -11,9 +11,10 @@ where it stopped. At the end it writes the plot (accuracy vs removed %, accuracy
 training time, mean ± sd over seeds) and prints Markdown tables of the results.
 
 Variants beyond the paper: ``--per-class-threshold`` (only same-label images are
-duplicates), ``--priority-thresholds`` (keep the highest-contrast image of a group) and
+duplicates), ``--priority-thresholds`` (keep the highest-contrast image of a group),
 ``--central-thresholds`` (keep the image with the most near-duplicates first: a medoid of
-its group). Training uses ``train_classifier.py --preload`` (images decoded once, batches
+its group) and ``--shuffled-thresholds`` (a fixed random keep order instead of dataset
+order, which on a class-sorted ImageFolder favours the first classes). Training uses ``train_classifier.py --preload`` (images decoded once, batches
 augmented as tensors) unless ``--no-preload``.
 
 Examples::
@@ -130,6 +131,8 @@ def configs(args) -> list[dict]:
         out.append({"policy": "greedy", "per_class": False, "priority": "contrast", "threshold": t})
     for t in args.central_thresholds:
         out.append({"policy": "greedy", "per_class": False, "priority": "central", "threshold": t})
+    for t in args.shuffled_thresholds:
+        out.append({"policy": "greedy", "per_class": False, "priority": "shuffled", "threshold": t})
     return out
 
 
@@ -145,7 +148,7 @@ def kept_counts(args, train_ds, cfgs: list[dict], sweep_csv: Path) -> dict:
     n = len(h)
     counts, rows = {}, []
     for policy, per_class, priority in sorted(variants):
-        prio = tc.contrast_scores(train_ds) if priority == "contrast" else None
+        prio = tc.keep_priority(priority, train_ds, 0, args.method, args.cache_dir)  # not "central": per t
         t0 = time.perf_counter()
         sweep = sweep_thresholds(h.hashes, max_t, policy=policy, per_class=per_class, priority=prio,
                                  labels=h.labels if per_class else None, valid=h.valid)
@@ -376,14 +379,20 @@ def sweep_markdown(rows: list[dict], thresholds=None) -> str:
     return "\n".join(lines) + "\n"
 
 
+_COLORS = {"greedy": "tab:blue", "components": "tab:orange", "greedy per-class": "tab:green",
+           "components per-class": "tab:red", "greedy contrast": "tab:purple", "greedy central": "tab:brown",
+           "greedy shuffled": "tab:pink",
+           "random subset": "gray"}
+
+
 def _plot_sweep(ax0, sweep_rows: list[dict]) -> None:
     by = defaultdict(list)
     for r in sweep_rows:
         by[(r["policy"], r["per_class"], r["priority"])].append((int(r["threshold"]), float(r["removed_pct"])))
     for (p, pc, pr), pts in sorted(by.items()):
         pts.sort()
-        ax0.plot([t for t, _ in pts], [v for _, v in pts], marker=".",
-                 label=f"{p}{' per-class' if pc == 'True' else ''}{'' if pr == 'index' else ' ' + pr}")
+        label = f"{p}{' per-class' if pc == 'True' else ''}{'' if pr == 'index' else ' ' + pr}"
+        ax0.plot([t for t, _ in pts], [v for _, v in pts], marker=".", label=label, color=_COLORS.get(label))
     ax0.set(xlabel="Hamming threshold t (64-bit phash)", ylabel="training images removed (%)",
             title="Kept counts: one hash pass + one search")
     ax0.grid(alpha=0.3)
@@ -448,7 +457,8 @@ def plot(rows: list[dict], sweep_rows: list[dict], path: Path, title: str) -> Pa
         if full is not None and (name in ("dedup greedy", "dedup components", "random subset")):
             pts = pts + [(0.0, 100 * full[0], 100 * (0 if math.isnan(full[1]) else full[1]), full_t)]
         x, y, e, sec = series(pts)
-        kw = styles.get(name, {"marker": "o", "ls": "-" if len(pts) > 2 else "none"})
+        kw = styles.get(name, {"marker": "o", "ls": "-" if len(pts) > 2 else "none",
+                               "color": _COLORS.get(name.removeprefix("dedup "))})
         ax1.errorbar(x, y, yerr=e, capsize=3, label=name, **kw)
         ax2.errorbar(sec, y, yerr=e, capsize=3, label=name, **kw)  # joined in order of removal, like ax1
     if full is not None:
@@ -489,6 +499,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--central-thresholds", type=int_list, default=[],
                    help="also train greedy with the 'central' keep priority (most near-duplicates first) at "
                         "these thresholds")
+    p.add_argument("--shuffled-thresholds", type=int_list, default=[],
+                   help="also train greedy with a fixed random keep order (not dataset order) at these thresholds")
     p.add_argument("--sweep-max", type=int, default=16, help="kept counts are listed for t=0..this (default 16)")
     p.add_argument("--method", default="phash", choices=("phash", "dhash", "ahash", "whash"))
     p.add_argument("--epochs", type=int, default=2, help="epochs per run (default: 2)")

@@ -287,6 +287,23 @@ def central_scores(ds, threshold: int, method: str, cache_dir=None) -> np.ndarra
     return degree
 
 
+def shuffled_scores(n: int, seed: int = 12345) -> np.ndarray:
+    """A fixed random keep order (the same for every training seed): which image of a group is
+    kept no longer depends on where it sits in the dataset (an ImageFolder is sorted by class)."""
+    return np.random.default_rng(seed).permutation(n).astype(np.float64)
+
+
+def keep_priority(name: str, ds, threshold: int, method: str, cache_dir=None) -> np.ndarray | None:
+    """The score array for ``--priority NAME`` (higher kept first), or ``None`` for dataset order."""
+    if name == "contrast":
+        return contrast_scores(ds)
+    if name == "central":
+        return central_scores(ds, threshold, method, cache_dir)
+    if name == "shuffled":
+        return shuffled_scores(len(ds))
+    return None
+
+
 def contrast_scores(ds) -> np.ndarray:
     """Per-item pixel standard deviation of the raw image (a keep priority: higher is kept first)."""
     from torch_dedup.sources import source_of
@@ -344,9 +361,7 @@ def train(args: argparse.Namespace, data=None) -> dict:
     # --- the one line CE-Dedup adds: a sampler over the kept items instead of shuffle=True ---
     t_prep = time.perf_counter()
     if args.threshold is not None:
-        priority = (contrast_scores(train_ds) if args.priority == "contrast" else
-                    central_scores(train_ds, args.threshold, args.method, args.cache_dir)
-                    if args.priority == "central" else None)
+        priority = keep_priority(args.priority, train_ds, args.threshold, args.method, args.cache_dir)
         sampler = DedupSampler(train_ds, threshold=args.threshold, method=args.method, policy=args.policy,
                                per_class=args.per_class, priority=priority, cache_dir=args.cache_dir,
                                seed=args.seed, progress=False)
@@ -434,9 +449,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--method", default="phash", choices=("phash", "dhash", "ahash", "whash"))
     p.add_argument("--policy", default="greedy", choices=("greedy", "components"))
     p.add_argument("--per-class", action="store_true", help="only same-label images can be duplicates")
-    p.add_argument("--priority", default="index", choices=("index", "contrast", "central"),
-                   help="which image of a group is kept: the first (index), the highest pixel std (contrast) "
-                        "or the one with the most near-duplicates (central)")
+    p.add_argument("--priority", default="index", choices=("index", "contrast", "central", "shuffled"),
+                   help="which image of a group is kept: the first (index), the highest pixel std (contrast), "
+                        "the one with the most near-duplicates (central) or a fixed random order (shuffled)")
     p.add_argument("--subset-random", type=int, default=None, metavar="N",
                    help="train on a random subset of N images (the baseline for dedup)")
     p.add_argument("--epochs", type=int, default=2)

@@ -257,3 +257,18 @@ def test_sweep_central_priority_and_random_floor(folder, tmp_path):
     assert sorted(int(r["kept"]) for r in runs if r["subset"] == "random") == sorted(
         {k for k in dedup.values() if k <= 36})
     assert "central" in res.stdout
+
+
+def test_keep_priorities_by_name(folder, tmp_path):
+    from torchvision import datasets
+    tc = load_example("train_classifier")
+    ds = datasets.ImageFolder(str(folder / "train"))
+    assert tc.keep_priority("index", ds, 4, "phash", tmp_path) is None
+    shuffled = tc.keep_priority("shuffled", ds, 4, "phash", tmp_path)
+    # a fixed permutation: the same keep order for every training seed, not the class-sorted one
+    assert sorted(shuffled.tolist()) == list(range(60)) and np.array_equal(shuffled, tc.shuffled_scores(60))
+    assert not np.array_equal(np.argsort(shuffled), np.arange(60))
+    assert tc.keep_priority("central", ds, 4, "phash", tmp_path).tolist() == tc.central_scores(
+        ds, 4, "phash", tmp_path).tolist()
+    contrast = tc.keep_priority("contrast", ds, 4, "phash", tmp_path)
+    assert contrast[0] == pytest.approx(np.asarray(Image.open(ds.samples[0][0]).convert("L"), float).std())
