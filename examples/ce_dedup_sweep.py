@@ -300,8 +300,17 @@ def markdown(rows: list[dict]) -> str:
     lines.append(f"Full training set: {n} images, accuracy {_pm(fm, fsd)} % ({fk} seed{'' if fk == 1 else 's'}), "
                  f"training {ftime:.1f} s (wall, fastest seed).\n")
     lines.append("| policy | per_class | keep priority | t | kept | removed % | dedup accuracy % | random subset "
-                 "accuracy % | dedup − random (pts) | dedup − full (pts) | train s (dedup, fastest seed) | seeds |")
-    lines.append("|---|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|")
+                 "accuracy % | dedup − random (pts) | seeds dedup > random | dedup − full (pts) | "
+                 "train s (dedup, fastest seed) | seeds |")
+    lines.append("|---|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|")
+    # per seed: does dedup beat the random subset of the same size trained with the same seed?
+    rand_by_seed = {(r["seed"], int(r["kept"])): float(r["accuracy"]) for r in rows if r["subset"] == "random"}
+    wins = defaultdict(lambda: [0, 0])
+    for r in rows:
+        if r["subset"] == "dedup" and (r["seed"], int(r["kept"])) in rand_by_seed:
+            w = wins[(r["policy"], r["per_class"] == "True", r["priority"], int(r["threshold"]), int(r["kept"]))]
+            w[0] += float(r["accuracy"]) > rand_by_seed[(r["seed"], int(r["kept"]))]
+            w[1] += 1
     order = sorted(s["dedup"], key=lambda k: (k[1], k[2] != "index", k[0], k[3]))
     for key in order:
         policy, per_class, prio, t, kept = key
@@ -312,9 +321,10 @@ def markdown(rows: list[dict]) -> str:
             rtxt, diff = _pm(rm, rsd), f"{100 * (dm - rm):+.2f}"
         else:
             rtxt, diff = "–", "–"
+        won = f"{wins[key][0]} of {wins[key][1]}" if key in wins else "–"
         lines.append(f"| {policy} | {'yes' if per_class else 'no'} | {prio} | {t} | {kept} | "
-                     f"{100 * (1 - kept / n):.1f} | {_pm(dm, dsd)} | {rtxt} | {diff} | {100 * (dm - fm):+.2f} | "
-                     f"{dtime:.1f} | {dk} |")
+                     f"{100 * (1 - kept / n):.1f} | {_pm(dm, dsd)} | {rtxt} | {diff} | {won} | "
+                     f"{100 * (dm - fm):+.2f} | {dtime:.1f} | {dk} |")
     lines.append("")
     lines.append("Paper claims, read off the rows above (index priority, per_class off; mean over seeds):\n")
     for policy in sorted({k[0] for k in order}):
@@ -430,7 +440,7 @@ def plot(rows: list[dict], sweep_rows: list[dict], path: Path, title: str) -> Pa
         return path
     s = summarize(rows)
     n = s["n"]
-    fig, (ax0, ax1, ax2) = plt.subplots(1, 3, figsize=(17, 4.8))
+    fig, (ax0, ax1, ax2, ax3) = plt.subplots(1, 4, figsize=(22, 4.8))
     _plot_sweep(ax0, sweep_rows)
 
     def series(points):
@@ -461,6 +471,33 @@ def plot(rows: list[dict], sweep_rows: list[dict], path: Path, title: str) -> Pa
                                "color": _COLORS.get(name.removeprefix("dedup "))})
         ax1.errorbar(x, y, yerr=e, capsize=3, label=name, **kw)
         ax2.errorbar(sec, y, yerr=e, capsize=3, label=name, **kw)  # joined in order of removal, like ax1
+    # dedup minus the random subset of the same size, paired by seed: the number that says
+    # whether dedup picks better images than chance
+    rand_by_seed = {(r["seed"], int(r["kept"])): float(r["accuracy"]) for r in rows if r["subset"] == "random"}
+    paired = defaultdict(lambda: defaultdict(list))
+    for r in rows:
+        if r["subset"] == "dedup" and (r["seed"], int(r["kept"])) in rand_by_seed:
+            name = (f"dedup {r['policy']}" + (" per-class" if r["per_class"] == "True" else "")
+                    + ("" if r["priority"] == "index" else f" {r['priority']}"))
+            paired[name][int(r["kept"])].append(100 * (float(r["accuracy"]) - rand_by_seed[(r["seed"], int(r["kept"]))]))
+    floor = -3.0  # the interesting differences are tenths of a point; collapses are drawn at the floor
+    for name, by_kept in sorted(paired.items()):
+        pts = sorted((100 * (1 - k / n), *_stats(v)[:2]) for k, v in by_kept.items())
+        color = _COLORS.get(name.removeprefix("dedup "))
+        # a point below the floor breaks the line (NaN) rather than being bridged
+        ax3.errorbar([p[0] for p in pts], [p[1] if p[1] >= floor else math.nan for p in pts],
+                     yerr=[0 if math.isnan(p[2]) or p[1] < floor else p[2] for p in pts], capsize=3, label=name,
+                     marker="o", ls="-" if len(pts) > 2 else "none", color=color)
+        for x, m, _ in (p for p in pts if p[1] < floor):
+            ax3.plot([x], [floor], marker="v", color=color, ls="none")
+            ax3.annotate(f"{m:.1f}", (x, floor), textcoords="offset points", xytext=(0, 6), ha="center",
+                         fontsize=7, color=color)
+    ax3.set_ylim(bottom=floor - 0.3, top=max(ax3.get_ylim()[1], 0.5))  # keep the zero line in view
+    ax3.axhline(0, color="gray", ls="--", lw=1)
+    ax3.set(xlabel="training images removed (%)", ylabel="dedup − random subset (accuracy points)",
+            title=f"Dedup − random subset, paired by seed (▼: below {floor:.0f})")
+    ax3.grid(alpha=0.3)
+    ax3.legend(fontsize=8)
     if full is not None:
         for ax in (ax1, ax2):
             ax.axhline(100 * full[0], color="k", lw=0.8, alpha=0.5)
