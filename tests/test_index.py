@@ -110,8 +110,11 @@ def test_image_folder_stays_loadable_after_its_sidecar_is_written(folder):
     assert again.classes == ds.classes and again.samples == ds.samples
     second = hash_dataset(again, progress=False, workers=0)
     assert second.from_cache and np.array_equal(second.hashes, first.hashes)
-    # a Subset of it keeps the rule; MNIST-style roots keep their .torch_dedup/ folder
+    # a Subset of it, or its images read through image_fn, keep the rule
     assert sidecar_for(source_of(Subset(again, [1, 2]))).parent == Path(ds.root)
+    via_fn = source_of(again, image_fn=lambda i: again.samples[i][0], fingerprint="v1")
+    assert sidecar_for(via_fn).parent == Path(ds.root) and sidecar_for(via_fn).name.startswith(".torch_dedup-")
+    assert not (Path(ds.root) / ".torch_dedup").exists()
 
 
 def test_changed_file_makes_the_sidecar_stale(folder):

@@ -55,9 +55,10 @@ class ImageSource:
         labels: ``int64`` ``(n,)`` class labels when the dataset has them, else ``None``.
         root: the dataset's root folder (where sidecars go), or ``None``.
         description: short human-readable origin, e.g. ``"FashionMNIST.data (10000, 28, 28)"``.
-        class_folders: ``True`` when the items come from ``.samples`` (``ImageFolder``/
-            ``DatasetFolder``): every sub-folder of ``root`` is then a class, so nothing may
-            create a folder there (sidecars go into ``root`` as hidden files instead).
+        class_folders: ``True`` for an ``ImageFolder``/``DatasetFolder``-style dataset (one
+            with ``.samples`` paths), however its images are read: every sub-folder of
+            ``root`` is then a class, so nothing may create a folder there (sidecars go
+            into ``root`` as hidden files instead).
     """
 
     kind: str
@@ -278,15 +279,19 @@ def _source(ds, image_fn, user_fp: str | None) -> ImageSource:
     cls = type(ds).__name__
     root = _root_of(ds)
     labels = labels_of(ds)
+    samples = getattr(ds, "samples", None)
+    # an ImageFolder-style root (its sub-folders are the classes), whichever way the images are read
+    folders = _is_samples(samples, n) or "DatasetFolder" in names
     if image_fn is not None:
         fp = f"user:{cls}:{n}:{root}:{user_fp}" if user_fp is not None else None
-        return ImageSource("items", n, fp, labels, root, f"{cls} via image_fn", _get=image_fn)
+        return ImageSource("items", n, fp, labels, root, f"{cls} via image_fn", _get=image_fn,
+                           class_folders=folders)
     found = _image_array(ds, names)
     if found is not None:
         data, chw = found
         fp = f"array:{_array_digest(data)}"
-        return ImageSource("array", n, fp, labels, root, f"{cls}.data {tuple(data.shape)}", _array=data, _chw=chw)
-    samples = getattr(ds, "samples", None)
+        return ImageSource("array", n, fp, labels, root, f"{cls}.data {tuple(data.shape)}", _array=data, _chw=chw,
+                           class_folders=folders)
     if _is_samples(samples, n):
         paths = [os.fspath(s[0]) for s in samples]
         fp = f"files:{_files_digest(paths, root)}"
@@ -303,7 +308,7 @@ def _source(ds, image_fn, user_fp: str | None) -> ImageSource:
                        "augmentations make hashes meaningless. Pass image_fn=lambda i: <raw image of item i>.", cls)
     fp = f"user:{cls}:{n}:{root}:{user_fp}" if user_fp is not None else None
     return ImageSource("items", n, fp, labels, root, f"{cls}[i] (getitem)",
-                       _get=lambda j, _ds=ds: _first_image(_ds[j]))
+                       _get=lambda j, _ds=ds: _first_image(_ds[j]), class_folders=folders)
 
 
 def source_of(ds, image_fn: Callable[[int], Any] | None = None, *, fingerprint: str | None = None) -> ImageSource:
