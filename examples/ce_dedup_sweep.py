@@ -14,8 +14,9 @@ Variants beyond the paper: ``--per-class-threshold`` (only same-label images are
 duplicates), ``--priority-thresholds`` (keep the highest-contrast image of a group),
 ``--central-thresholds`` (keep the image with the most near-duplicates first: a medoid of
 its group) and ``--shuffled-thresholds`` (a fixed random keep order instead of dataset
-order, which on a class-sorted ImageFolder favours the first classes). Training uses ``train_classifier.py --preload`` (images decoded once, batches
-augmented as tensors) unless ``--no-preload``.
+order, which on a class-sorted ImageFolder favours the first classes). Training uses
+``train_classifier.py --preload`` (images decoded once, batches augmented as tensors)
+unless ``--no-preload``.
 
 Examples::
 
@@ -29,9 +30,10 @@ Examples::
         --leak-thresholds 0,2,4,6,8,10 --out-dir results --name cifar10
 
     # CIFAR-10 JPEG trees, the grid of docs/results.md (3 epochs, 2 seeds, dedup + random):
-    python examples/ce_dedup_sweep.py --dataset imagefolder --root /tmp/cifar10 \
-        --thresholds 0,8,10,12,14,16 --seeds 0,1 --epochs 3 --per-class-threshold 14 \
-        --central-thresholds 12,14 --random-min-removed 3 --out-dir results --name cifar10
+    python examples/ce_dedup_sweep.py --dataset imagefolder --root /tmp/cifar10 \\
+        --thresholds 0,8,10,12,14,16 --seeds 0,1 --epochs 3 --per-class-threshold 14 \\
+        --central-thresholds 12,14 --shuffled-thresholds 14,16 --random-min-removed 3 \\
+        --out-dir results --name cifar10
 
     # Tables and plot again from an existing CSV:
     python examples/ce_dedup_sweep.py --report-only --out-dir results --name fashion_mnist
