@@ -14,9 +14,9 @@ import numpy as np
 import pytest
 import torch
 import torch.distributed as dist
-import torch.multiprocessing as tmp
 from torch.utils.data import Dataset
 
+from ddp_utils import run_ranks
 from resume_utils import assert_partition
 from torch_dedup.index import hash_dataset, plan_dataset
 from torch_dedup.sample import load_sample
@@ -130,18 +130,7 @@ def _run_rank(rank: int, out: str, init: str) -> None:
 def ddp_run(tmp_path_factory):
     out = tmp_path_factory.mktemp("ddp")
     init = f"file://{out / 'rendezvous'}"
-    ctx = tmp.start_processes(_run_rank, args=(str(out), init), nprocs=WORLD, join=False, start_method="spawn")
-    for _ in range(120):                 # a hang (a rank stuck in a collective) fails instead of blocking
-        if ctx.join(timeout=1):
-            break
-    else:
-        for p in ctx.processes:
-            p.kill()
-        pytest.fail("distributed ranks did not finish within 120 s")
-    reports = [json.loads((out / f"report_{r}.json").read_text()) for r in range(WORLD)]
-    for r, rep in enumerate(reports):
-        assert "error" not in rep, f"rank {r} failed:\n{rep['error']}"
-    return out, reports
+    return out, run_ranks(_run_rank, (str(out), init), out, nprocs=WORLD, timeout_s=120)
 
 
 def test_both_ranks_hold_the_one_process_plan(ddp_run):

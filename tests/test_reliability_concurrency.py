@@ -162,24 +162,14 @@ def _rank(rank: int, root: str, out: str, init: str) -> None:
 
 
 def test_two_ddp_ranks_share_one_sidecar(folder, tmp_path):
-    import torch.multiprocessing as tmp
     from torchvision.datasets import ImageFolder
 
+    from ddp_utils import run_ranks
     from torch_dedup.index import plan_dataset
     from torch_dedup.sidecar import read_sidecar
 
-    ctx = tmp.start_processes(_rank, args=(str(folder), str(tmp_path), f"file://{tmp_path / 'rdv'}"), nprocs=2,
-                              join=False, start_method="spawn")
-    for _ in range(180):
-        if ctx.join(timeout=1):
-            break
-    else:
-        for p in ctx.processes:
-            p.kill()
-        pytest.fail("ranks did not finish in 180 s")
-    reports = [json.loads((tmp_path / f"report_{r}.json").read_text()) for r in range(2)]
-    for r, rep in enumerate(reports):
-        assert "error" not in rep, rep["error"]
+    reports = run_ranks(_rank, (str(folder), str(tmp_path), f"file://{tmp_path / 'rdv'}"), tmp_path, nprocs=2,
+                        timeout_s=180)
     ref = plan_dataset(ImageFolder(str(folder)), threshold=2, cache_dir=False, on_error="skip", workers=0,
                        progress=False)
     for r in range(2):

@@ -24,18 +24,28 @@ TARGET_HELP = ("'sample' (the embedded Fashion-MNIST), an image folder (ImageFol
                "mnist, kmnist, cifar10, cifar100, svhn (webdataset shards: see 'torch-dedup wds')")
 
 
-def add_hash_options(p: argparse.ArgumentParser) -> None:
-    """--method, --hash-size, --cache-dir, --workers, --on-error and the output switches."""
+def add_hashing_args(p: argparse.ArgumentParser, *, workers_help: str, on_error_help: str) -> None:
+    """--method, --hash-size, --workers and --on-error: shared by the dataset commands and ``wds``."""
     p.add_argument("--method", choices=METHODS, default="phash", help="perceptual hash (default phash)")
     p.add_argument("--hash-size", type=int, default=8, help="hash side: 8 = 64 bits (default), 16 = 256 bits")
-    p.add_argument("--cache-dir", default=None,
-                   help="sidecar folder (default: beside the data when writable, else the user cache)")
-    p.add_argument("--workers", type=int, default=None, help="decode processes for image files (default: all cores)")
-    p.add_argument("--on-error", choices=("raise", "skip"), default="raise",
-                   help="undecodable images: stop with exit code 2 (default) or record and skip them")
+    p.add_argument("--workers", type=int, default=None, help=workers_help)
+    p.add_argument("--on-error", choices=("raise", "skip"), default="raise", help=on_error_help)
+
+
+def add_output_args(p: argparse.ArgumentParser) -> None:
+    """--json, --quiet/-q and --no-progress: shared by every command."""
     p.add_argument("--json", action="store_true", help="print machine-readable JSON on stdout")
     p.add_argument("--quiet", "-q", action="store_true", help="print nothing but errors (and --json output)")
     p.add_argument("--no-progress", action="store_true", help="no progress bars")
+
+
+def add_hash_options(p: argparse.ArgumentParser) -> None:
+    """--method, --hash-size, --cache-dir, --workers, --on-error and the output switches."""
+    add_hashing_args(p, workers_help="decode processes for image files (default: all cores)",
+                     on_error_help="undecodable images: stop with exit code 2 (default) or record and skip them")
+    p.add_argument("--cache-dir", default=None,
+                   help="sidecar folder (default: beside the data when writable, else the user cache)")
+    add_output_args(p)
 
 
 def add_plan_options(p: argparse.ArgumentParser, threshold: bool = True, both: bool = False) -> None:

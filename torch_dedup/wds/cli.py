@@ -11,7 +11,7 @@ import argparse
 import json
 import time
 
-from torch_dedup.hashing.api import METHODS
+from torch_dedup.cli._options import add_hashing_args, add_output_args
 
 __all__ = ["register"]
 
@@ -19,15 +19,12 @@ __all__ = ["register"]
 def _shard_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("shards", nargs="+", metavar="SHARD",
                    help="shard paths or URLs; brace patterns like 'data/shard-{000000..000099}.tar' are expanded")
-    p.add_argument("--method", choices=METHODS, default="phash", help="perceptual hash (default phash)")
-    p.add_argument("--hash-size", type=int, default=8, help="hash side: 8 = 64 bits (default), 16 = 256 bits")
+    add_hashing_args(p, workers_help="processes hashing shards (default: all cores)",
+                     on_error_help="damaged shards and undecodable images: stop (default) or record and go on")
     p.add_argument("--image-exts", default="jpg;jpeg;png;webp;ppm;bmp",
                    help="suffixes holding the image, in order of preference (default jpg;jpeg;png;webp;ppm;bmp)")
     p.add_argument("--sidecar-dir", default=None,
                    help="folder for shard sidecars (default: beside local shards, user cache for remote URLs)")
-    p.add_argument("--workers", type=int, default=None, help="processes hashing shards (default: all cores)")
-    p.add_argument("--on-error", choices=("raise", "skip"), default="raise",
-                   help="damaged shards and undecodable images: stop (default) or record and go on")
     p.add_argument("--fast-decode", action="store_true", help="JPEG draft decoding (faster, some bits differ)")
     p.add_argument("--refresh", action="store_true", help="hash again even where a valid sidecar exists")
     p.add_argument("--engine", choices=("local", "ray"), default="local",
@@ -36,13 +33,8 @@ def _shard_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--ray-address", default=None, metavar="ADDR",
                    help="with --engine ray: the cluster ('auto', 'ray://head:10001'); default RAY_ADDRESS or a "
                         "new local cluster")
-    _output_args(p)
+    add_output_args(p)
 
-
-def _output_args(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--json", action="store_true", help="print machine-readable JSON on stdout")
-    p.add_argument("--quiet", action="store_true", help="print nothing but errors (and --json output)")
-    p.add_argument("--no-progress", action="store_true", help="no progress bars")
 
 
 def register(subparsers) -> argparse.ArgumentParser:
@@ -86,7 +78,7 @@ def register(subparsers) -> argparse.ArgumentParser:
                    help="hostile member names and damaged shards: stop (default) or record and go on")
     p.add_argument("--overwrite", action="store_true", help="allow existing shards named like --pattern in --out")
     p.add_argument("--no-sidecars", action="store_true", help="do not write sidecars for the new shards")
-    _output_args(p)
+    add_output_args(p)
     p.set_defaults(func=_cmd_rewrite)
     return wds
 
