@@ -35,7 +35,7 @@ from threadpoolctl import threadpool_limits
 from torch_dedup.hashing import _methods
 from torch_dedup.hashing._resample import resize_stack, rgb_to_l
 from torch_dedup.hashing.api import METHODS, hash_array, hash_images, to_hex
-from torch_dedup.sample import load_sample
+from torch_dedup.embedded import load_sample
 
 ORACLE = {"ahash": imagehash.average_hash, "dhash": imagehash.dhash, "phash": imagehash.phash, "whash": imagehash.whash}
 CIFAR_TAR = Path(__file__).resolve().parents[2] / "shared" / "data" / "cifar10-jpg.tar.gz"

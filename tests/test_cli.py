@@ -26,7 +26,7 @@ from torch_dedup.hamming.cluster import find_duplicates, sweep_thresholds
 from torch_dedup.hashing import hash_array
 from torch_dedup.index import hash_dataset
 from torch_dedup.plan import DedupPlan
-from torch_dedup.sample import CLASSES, load_sample
+from torch_dedup.embedded import CLASSES, load_sample
 
 EXE = Path(sys.executable).parent / "torch-dedup"
 

@@ -351,7 +351,7 @@ def sample_phashes() -> np.ndarray:
     imagehash = pytest.importorskip("imagehash")
     from PIL import Image
 
-    from torch_dedup.sample import load_sample
+    from torch_dedup.embedded import load_sample
 
     images, _ = load_sample()
     return np.array([int(str(imagehash.phash(Image.fromarray(im))), 16) for im in images[:400]], dtype=np.uint64)

@@ -19,7 +19,7 @@ from torch.utils.data import Dataset
 from ddp_utils import run_ranks
 from resume_utils import assert_partition
 from torch_dedup.index import hash_dataset, plan_dataset
-from torch_dedup.sample import load_sample
+from torch_dedup.embedded import load_sample
 
 pytestmark = pytest.mark.slow   # two spawned ranks: ~15-30 s
 

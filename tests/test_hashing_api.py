@@ -16,7 +16,7 @@ from torch_dedup.hashing.api import (
     hash_images,
     to_hex,
 )
-from torch_dedup.sample import load_sample
+from torch_dedup.embedded import load_sample
 
 # Hex strings of imagehash 4.3.2 (Pillow 13) for embedded sample items 0..4 and a synthetic
 # gradient; a change here means stored sidecars would silently stop matching.
@@ -222,7 +222,7 @@ def test_process_pool_path_is_exact_and_reused(tmp_path, monkeypatch):
     from PIL import Image
 
     from torch_dedup.hashing import api
-    from torch_dedup.sample import load_sample
+    from torch_dedup.embedded import load_sample
 
     monkeypatch.setattr(api, "_POOL_MIN_FILES", 1)  # exercise the pool on a small list
     images = load_sample(40)[0]

@@ -10,7 +10,7 @@ from hypothesis import strategies as st
 from PIL import Image
 
 from torch_dedup.hashing.api import METHODS, hash_array, hash_images, to_hex
-from torch_dedup.sample import load_sample
+from torch_dedup.embedded import load_sample
 
 ORACLE = {
     "ahash": imagehash.average_hash,

@@ -102,7 +102,7 @@ def test_whash_tie_fallback_counts():
 
 
 def test_phash_kernel_path_equals_blas_reference():
-    from torch_dedup.sample import load_sample
+    from torch_dedup.embedded import load_sample
 
     images = load_sample(400)[0]
     for size, side in ((8, 32), (16, 64)):
@@ -156,7 +156,7 @@ def test_fused_ahash_dhash_equal_numpy_methods(h, w, size, seed, channels):
 def test_parallel_kernels_equal_serial():
     from torch_dedup.hashing._kernels import MODE_AHASH, MODE_DHASH, MODE_PIXELS
     from torch_dedup.hashing._methods import phash_words
-    from torch_dedup.sample import load_sample
+    from torch_dedup.embedded import load_sample
 
     images = load_sample(1500)[0]
     rgb = np.stack([images, images[:, ::-1], images[:, :, ::-1]], -1)

@@ -266,7 +266,7 @@ class _Arrays:
 def test_plan_of_another_dataset_is_refused_naming_the_file(tmp_path):
     from torch_dedup.dataset import DedupDataset
     from torch_dedup.index import plan_dataset
-    from torch_dedup.sample import load_sample
+    from torch_dedup.embedded import load_sample
     from torch_dedup.sampler import DedupSampler
 
     images = load_sample(40)[0]

@@ -102,7 +102,7 @@ class _Flaky:
 
 @st.composite
 def _flaky(draw):
-    from torch_dedup.sample import load_sample
+    from torch_dedup.embedded import load_sample
 
     n = draw(st.integers(1, 40))
     rng = np.random.default_rng(draw(st.integers(0, 2**31)))

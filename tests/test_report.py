@@ -22,7 +22,7 @@ from torch_dedup.cli import main
 from torch_dedup.hamming.cluster import find_duplicates
 from torch_dedup.hashing import hash_array
 from torch_dedup.report import duplicate_groups, to_pil, write_contact_sheet, write_html_report
-from torch_dedup.sample import CLASSES, load_sample
+from torch_dedup.embedded import CLASSES, load_sample
 
 
 class Page(HTMLParser):

@@ -19,7 +19,7 @@ from test_sources import NoLen, Stream, fashion_mnist, image_folder
 from torch_dedup.errors import DedupError, EmptyDedupError, PlanError
 from torch_dedup.hamming.cluster import find_duplicates
 from torch_dedup.index import plan_dataset
-from torch_dedup.sample import load_sample
+from torch_dedup.embedded import load_sample
 from torch_dedup.sampler import DedupSampler
 
 # ------------------------------------------------------------------ plans and datasets

@@ -23,7 +23,7 @@ from PIL import Image, ImageEnhance
 from torch.utils.data import Dataset, IterableDataset, Subset, TensorDataset
 from torchvision import transforms
 
-from torch_dedup.sample import load_sample, materialize_fashion_mnist
+from torch_dedup.embedded import load_sample, materialize_fashion_mnist
 from torch_dedup.sources import labels_of, source_of
 
 # ------------------------------------------------------------------ honest dataset builders

@@ -12,7 +12,7 @@ import sys
 import pytest
 
 from torch_dedup.wds import ShardPlan, hash_shards
-from torch_dedup.wds.cli import register
+from torch_dedup.cli._wds import register
 from torch_dedup.wds.synthetic import make_demo_shards
 
 pytestmark = [pytest.mark.filterwarnings("ignore::ResourceWarning"),

@@ -16,7 +16,7 @@ from .hamming import (ClassSweep, HammingPairs, find_duplicates, hamming_distanc
 from .hashing import METHODS, HashResult, from_hex, hash_array, hash_bits, hash_images, to_hex
 from .index import DatasetHashes, hash_dataset, plan_dataset, plan_from_hashes
 from .plan import DedupPlan
-from .sample import SampleDataset, load_sample
+from .embedded import SampleDataset, load_sample
 from .sampler import DedupSampler
 from .sources import ImageSource, source_of
 

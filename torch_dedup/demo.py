@@ -27,7 +27,7 @@ from torch.utils.data import DataLoader, SubsetRandomSampler
 
 from .hamming.cluster import sweep_thresholds
 from .index import hash_dataset
-from .sample import SampleDataset
+from .embedded import SampleDataset
 from .sampler import DedupSampler
 
 __all__ = ["DemoRow", "LeNet", "run_demo"]

@@ -27,7 +27,7 @@ from .errors import ImageDecodeError
 from .hamming.cluster import find_duplicates
 from .hashing.api import METHODS, HashResult, hash_array, hash_bits, hash_images
 from .plan import DedupPlan
-from .sidecar import Sidecar, library_versions, load_or_none, sidecar_file, sidecar_name, write_sidecar
+from .sidecar import Sidecar, hash_environment, library_versions, load_or_none, sidecar_file, sidecar_name, write_sidecar
 from .sources import ImageSource, labels_of, source_of
 
 __all__ = ["DatasetHashes", "check_labels", "decode_mode", "hash_dataset", "hash_source_range", "load_cached",
@@ -88,16 +88,9 @@ def decode_mode(source: ImageSource, fast_decode: bool) -> str:
     return "fast_decode" if fast_decode and source.kind != "array" else "exact"
 
 
-def _hash_env() -> str:
-    """The library versions whose changes could move hash bits; a sidecar made under others is stale."""
-    v = library_versions()
-    imagehash = ".".join(v["imagehash"].split(".")[:2])
-    return f"imagehash-{imagehash}/Pillow-{v['Pillow'].split('.')[0]}"
-
-
 def _expect(source: ImageSource, method: str, hash_size: int, decode: str) -> dict:
     return {"fingerprint": source.fingerprint, "method": method, "hash_size": int(hash_size), "decode": decode,
-            "count": source.n, "hash_env": _hash_env()}
+            "count": source.n, "hash_env": hash_environment()}
 
 
 def sidecar_for(source: ImageSource, method: str = "phash", hash_size: int = 8, *, decode: str = "exact",
@@ -152,7 +145,7 @@ def store_cached(path: str | os.PathLike | None, result: HashResult, source: Ima
     """
     if path is None:
         return None
-    extra = {"hash_env": _hash_env(), "source": source.description, "kind": source.kind}
+    extra = {"hash_env": hash_environment(), "source": source.description, "kind": source.kind}
     try:
         return write_sidecar(path, np.asarray(result.hashes), np.asarray(result.valid), result.failures,
                              method=method, hash_size=int(hash_size), fingerprint=source.fingerprint,
@@ -342,7 +335,7 @@ def hash_dataset(ds, method: str = "phash", hash_size: int = 8, *, image_fn: Cal
         ImageDecodeError: an undecodable image with ``on_error="raise"``.
 
     Example:
-        >>> import torchvision, torch_dedup.sample as s, tempfile
+        >>> import torchvision, torch_dedup.embedded as s, tempfile
         >>> root = tempfile.mkdtemp(); _ = s.materialize_fashion_mnist(root)  # doctest: +SKIP
         >>> ds = torchvision.datasets.FashionMNIST(root, train=False)  # doctest: +SKIP
         >>> h = hash_dataset(ds, progress=False)  # doctest: +SKIP
@@ -439,7 +432,7 @@ def plan_dataset(ds, threshold: int = 6, *, method: str = "phash", hash_size: in
 
     Example:
         >>> import numpy as np, torch
-        >>> from torch_dedup.sample import load_sample
+        >>> from torch_dedup.embedded import load_sample
         >>> class Twice(torch.utils.data.Dataset):  # every image appears twice in a row
         ...     data = np.repeat(load_sample(4)[0], 2, axis=0)
         ...     def __len__(self): return 8

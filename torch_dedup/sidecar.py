@@ -39,6 +39,8 @@ __all__ = [
     "SIDECAR_VERSION",
     "Sidecar",
     "default_cache_dir",
+    "hash_environment",
+    "library_versions",
     "load_or_none",
     "read_sidecar",
     "remove_stale_temp_files",
@@ -94,6 +96,20 @@ def library_versions() -> dict[str, str]:
     """Versions of the libraries whose behaviour decides the hash bits."""
     return {name: _version(dist) for name, dist in
             (("torch_dedup", "torch_dedup"), ("imagehash", "ImageHash"), ("Pillow", "Pillow"), ("numpy", "numpy"))}
+
+
+def hash_environment() -> str:
+    """The library versions whose changes could move hash bits, as one string a sidecar is keyed on.
+
+    A sidecar (of a dataset or of a shard) made under another environment is stale.
+
+    Example:
+        >>> hash_environment().startswith("imagehash-")
+        True
+    """
+    v = library_versions()
+    imagehash = ".".join(v["imagehash"].split(".")[:2])
+    return f"imagehash-{imagehash}/Pillow-{v['Pillow'].split('.')[0]}"
 
 
 def sidecar_name(fingerprint: str, method: str, hash_size: int, decode: str) -> str:

@@ -8,7 +8,7 @@ where ``func(args, out) -> exit code`` and ``out(line)`` prints unless ``--quiet
 - ``leak`` (:mod:`._leak`): train/test near-duplicate pairs, a CI gate, a clean training split.
 - ``report`` (:mod:`._report`): HTML gallery and PNG contact sheet of the duplicate groups.
 - ``demo`` (:mod:`._demo`): the README's CE-Dedup demo.
-- ``wds``: webdataset shards, registered by :mod:`torch_dedup.wds.cli` when present.
+- ``wds``: webdataset shards, registered by :mod:`torch_dedup.cli._wds` when present.
 
 Exit codes: 0 success; 1 an unexpected internal error (traceback: please report it);
 2 a usage error or bad input (one clean line on stderr, no traceback); 3 the leak gate
@@ -30,7 +30,7 @@ __all__ = ["build_parser", "main"]
 
 def _register_wds(sub) -> None:
     try:
-        from ..wds.cli import register
+        from ._wds import register
     except ImportError as exc:  # the wds extra's module missing or broken: the rest still works
         logging.getLogger(__name__).debug("no 'wds' subcommand: %s", exc)
         return

@@ -75,9 +75,9 @@ class Target:
 
 
 def open_cli_target(spec: str) -> Target:
-    """Open a TARGET string (see :mod:`torch_dedup.targets`) with its source, paths and class names."""
+    """Open a TARGET string (see :mod:`torch_dedup.cli._targets`) with its source, paths and class names."""
     from ..sources import source_of
-    from ..targets import class_names_of, open_target
+    from ._targets import class_names_of, open_target
     ds = open_target(spec)
     src = source_of(ds)
     paths = src.paths() if src.kind == "files" else None

@@ -26,6 +26,7 @@ import numpy as np
 from PIL import Image
 
 from torch_dedup.hashing._methods import resize_target
+from torch_dedup.hashing._stack import hash_stack
 
 __all__ = ["decode_batch", "hash_files", "load_file", "load_pixels", "prepare_pil"]
 
@@ -120,8 +121,6 @@ def hash_files(
         ``(index, words, None)`` with the packed ``uint64`` words ``(W,)`` on success, or
         ``(index, None, reason)`` on failure, in the order of ``tasks``.
     """
-    from torch_dedup.hashing.api import _hash_stack
-
     out: list[tuple[int, np.ndarray | None, str | None]] = []
     pos = 0
     while pos < len(tasks):
@@ -141,7 +140,7 @@ def hash_files(
             nbytes += arr.nbytes
             groups.setdefault(arr.shape, []).append((index, arr))
         for items in groups.values():
-            words = _hash_stack(np.stack([a for _, a in items]), method, hash_size)
+            words = hash_stack(np.stack([a for _, a in items]), method, hash_size)
             for (index, _), row in zip(items, words):
                 done[index] = (index, row, None)
         out.extend(done[index] for index in part)

@@ -22,17 +22,15 @@ import numpy as np
 from PIL import Image
 
 from torch_dedup.errors import ImageDecodeError
-from torch_dedup.hashing import _methods
 from torch_dedup.hashing._decode import hash_files, prepare_pil
 from torch_dedup.hashing._inputs import (
     is_torch_tensor,
-    stack_to_gray,
     tensor_to_numpy,
     to_channels_last,
     validate_stack,
 )
-from torch_dedup.hashing._pack import hex_to_words, pack_bits, packed_words, unpack_bits, words_to_hex
-from torch_dedup.hashing._resample import fused_gray_resize, pillow_pass_order, resize_stack
+from torch_dedup.hashing._pack import hex_to_words, pack_bits, packed_words, words_to_hex
+from torch_dedup.hashing._stack import bits_from_resized, hash_stack
 
 __all__ = ["METHODS", "HashResult", "from_hex", "hash_array", "hash_bits", "hash_images", "to_hex"]
 
@@ -40,8 +38,6 @@ logger = logging.getLogger(__name__)
 
 METHODS = ("ahash", "dhash", "phash", "whash")
 _ON_ERROR = ("raise", "skip")
-#: Bytes of float64 work space one stacked chunk may use (keeps chunks cache-friendly).
-_CHUNK_BYTES = 1 << 21
 
 
 @dataclass(frozen=True, eq=False)
@@ -148,7 +144,7 @@ def hash_array(images: np.ndarray, method: str = "phash", hash_size: int = 8) ->
         ValueError: unknown method, bad hash size, or wrong dtype/shape.
 
     Example:
-        >>> from torch_dedup.sample import load_sample
+        >>> from torch_dedup.embedded import load_sample
         >>> hashes = hash_array(load_sample(10)[0], "phash")
         >>> hashes.shape, hashes.dtype
         ((10,), dtype('uint64'))
@@ -156,7 +152,7 @@ def hash_array(images: np.ndarray, method: str = "phash", hash_size: int = 8) ->
     _check_method(method, hash_size)
     if not isinstance(images, np.ndarray):
         raise ValueError(f"images must be a numpy ndarray, got {type(images).__name__}; use hash_images for other inputs")
-    words = _hash_stack(validate_stack(images), method, hash_size)
+    words = hash_stack(validate_stack(images), method, hash_size)
     return _shape_words(words)
 
 
@@ -211,11 +207,11 @@ def hash_images(
     if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
         raise ValueError(f"batch_size={batch_size!r} must be an int >= 1")
     if isinstance(images, np.ndarray):
-        words = _hash_stack(validate_stack(images), method, hash_size, progress=progress)
+        words = hash_stack(validate_stack(images), method, hash_size, progress=progress)
         return _result(words, np.ones(len(words), bool), (), method, hash_size)
     if is_torch_tensor(images):
         arr = tensor_to_numpy(images, "images", stacked=True)
-        words = _hash_stack(validate_stack(arr), method, hash_size, progress=progress)
+        words = hash_stack(validate_stack(arr), method, hash_size, progress=progress)
         return _result(words, np.ones(len(words), bool), (), method, hash_size)
     if isinstance(images, (str, bytes, os.PathLike, Image.Image)):
         raise ValueError(
@@ -250,101 +246,6 @@ def _shape_words(words: np.ndarray) -> np.ndarray:
 
 def _result(words, valid, failures, method, hash_size) -> HashResult:
     return HashResult(_shape_words(words), valid, tuple(failures), method, int(hash_size))
-
-
-def _bits_from_resized(pixels: np.ndarray, method: str, hash_size: int) -> np.ndarray:
-    """Bits ``(N, hash_size**2)`` from pixels already at imagehash's target size."""
-    if method == "ahash":
-        return _methods.ahash_bits(pixels)
-    if method == "dhash":
-        return _methods.dhash_bits(pixels)
-    if method == "phash":
-        words, fallbacks = _methods.phash_words(pixels, hash_size, parallel=_use_parallel(len(pixels)))
-        if fallbacks:
-            logger.debug("%s: %d of %d images recomputed exactly", method, fallbacks, len(pixels))
-        return unpack_bits(words, hash_size * hash_size)
-    else:
-        bits, fallbacks = _methods.whash_bits(pixels, hash_size)
-    if fallbacks:
-        logger.debug("%s: %d of %d images recomputed exactly", method, fallbacks, len(pixels))
-    return bits
-
-
-def _chunk_len(h: int, w: int, c: int) -> int:
-    return max(1, _CHUNK_BYTES // max(1, h * w * max(c, 8)))
-
-
-#: Stacks at least this long use the multi-threaded (prange) kernels, when numba has
-#: more than one thread; below it, thread start-up costs more than it saves.
-_PARALLEL_MIN = 2048
-#: Images per step of the fused path at most, and the input bytes per step (bounds the
-#: contiguous copy of a strided stack and the resized-pixel buffer for phash/whash).
-_FUSED_STEP = 1 << 16
-_FUSED_BYTES = 1 << 26
-
-
-def _use_parallel(n: int) -> bool:
-    from .._numba import num_threads  # imported late: numba costs ~0.5 s to import
-
-    return n >= _PARALLEL_MIN and num_threads() > 1
-
-
-def _hash_stack(stack: np.ndarray, method: str, hash_size: int, progress: bool = False) -> np.ndarray:
-    """Packed words ``(N, W)`` of a validated stack ``(N, H, W[, C])``."""
-    n, h, w = stack.shape[:3]
-    bits_total = hash_size * hash_size
-    out = np.zeros((n, packed_words(bits_total)), dtype=np.uint64)
-    if n == 0:
-        return out
-    if h == 0 or w == 0:
-        raise ValueError(f"images has an empty image shape {stack.shape}")
-    tw, th = _methods.resize_target(method, hash_size, w, h)
-    if pillow_pass_order() != "pil":
-        return _hash_stack_fused(stack, method, hash_size, tw, th, out, progress)
-    from tqdm.auto import tqdm
-
-    step = _chunk_len(h, w, stack.shape[3] if stack.ndim == 4 else 1)
-    with tqdm(total=n, disable=not progress, desc=f"{method} hashing", unit="img") as bar:
-        for start in range(0, n, step):
-            gray = stack_to_gray(stack[start:start + step])
-            small = resize_stack(gray, tw, th)
-            out[start:start + step] = pack_bits(_bits_from_resized(small, method, hash_size))
-            bar.update(len(gray))
-    return out
-
-
-def _hash_stack_fused(stack, method, hash_size, tw, th, out, progress) -> np.ndarray:
-    """The fused numba path: grayscale + exact resize (+ ahash/dhash bits) in one kernel pass."""
-    from tqdm.auto import tqdm
-
-    from torch_dedup.hashing import _kernels
-
-    if stack.ndim == 3:
-        stack = stack[:, :, :, None]
-    mode = {"ahash": _kernels.MODE_AHASH, "dhash": _kernels.MODE_DHASH}.get(method, _kernels.MODE_PIXELS)
-    n = stack.shape[0]
-    step = max(1, min(_FUSED_STEP, _FUSED_BYTES // max(1, stack[0].nbytes)))
-    bar = tqdm(total=n, desc=f"{method} hashing", unit="img") if progress else None
-    for start in range(0, n, step):
-        part = np.ascontiguousarray(stack[start:start + step])
-        parallel = _use_parallel(len(part))
-        if mode != _kernels.MODE_PIXELS:
-            fused_gray_resize(part, tw, th, mode, out[start:start + len(part)], parallel=parallel)
-        else:
-            small = fused_gray_resize(part, tw, th, mode, parallel=parallel)
-            if method == "phash":
-                words, fallbacks = _methods.phash_words(small, hash_size, parallel=parallel)
-            else:
-                bits, fallbacks = _methods.whash_bits(small, hash_size)
-                words = pack_bits(bits)
-            if fallbacks:
-                logger.debug("%s: %d of %d images recomputed exactly", method, fallbacks, len(small))
-            out[start:start + len(part)] = words
-        if bar is not None:
-            bar.update(len(part))
-    if bar is not None:
-        bar.close()
-    return out
 
 
 #: File lists shorter than this are decoded in-process even when ``workers > 0``:
@@ -444,13 +345,13 @@ def _hash_chunk(items, start, stop, method, hash_size, on_error, fast_decode, po
         failures.extend(chunk_failures)
     for idx in arrays.values():
         stack = np.stack([raw[i] for i in idx])
-        out[idx] = _hash_stack(stack, method, hash_size)
+        out[idx] = hash_stack(stack, method, hash_size)
     by_shape: dict[tuple, list[int]] = {}
     for i, pixels in small.items():
         by_shape.setdefault(pixels.shape, []).append(i)
     for idx in by_shape.values():
         pixels = np.stack([small[i] for i in idx])
-        out[idx] = pack_bits(_bits_from_resized(pixels, method, hash_size))
+        out[idx] = pack_bits(bits_from_resized(pixels, method, hash_size))
 
 
 def _decode_paths(paths, method, hash_size, fast_decode, pool, workers):

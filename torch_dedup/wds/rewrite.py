@@ -23,7 +23,7 @@ from pathlib import Path, PurePosixPath
 import numpy as np
 
 from torch_dedup.errors import PlanError
-from torch_dedup.index import _hash_env
+from torch_dedup.sidecar import hash_environment
 
 from .shard_plan import STATUS_FAILED, STATUS_NO_IMAGE, ShardPlan
 from .shard_sidecar import ShardSidecar, shard_sidecar_paths, write_shard_sidecar
@@ -262,7 +262,7 @@ def _write_sidecar(plan: ShardPlan, path: str, idx: list[int]) -> str:
     sc = ShardSidecar(url=path, keys=tuple(keys), hashes=np.ascontiguousarray(hashes), valid=valid,
                       has_image=has_image, failures=failures)
     target = shard_sidecar_paths(path, st["method"], st["hash_size"], st["decode"])[0]
-    extra = {"image_exts": list(st["image_exts"]), "hash_env": st.get("hash_env") or _hash_env(),
+    extra = {"image_exts": list(st["image_exts"]), "hash_env": st.get("hash_env") or hash_environment(),
              "rewritten_from": plan.path}
     return str(write_shard_sidecar(target, sc, method=st["method"], hash_size=st["hash_size"],
                                    fingerprint=shard_fingerprint(path), decode=st["decode"], extra=extra))

@@ -27,9 +27,8 @@ import numpy as np
 from torch_dedup._store import pack_strings, read_store, unpack_strings, write_store
 from torch_dedup.errors import EmptyDedupError, PlanError, SidecarError
 from torch_dedup.hamming.cluster import find_duplicates
-from torch_dedup.index import _hash_env
 from torch_dedup.plan import DedupPlan
-from torch_dedup.sidecar import library_versions
+from torch_dedup.sidecar import hash_environment, library_versions
 
 from .shard_urls import shard_id, shard_name
 from .shards import (
@@ -385,7 +384,7 @@ def plan_shards(urls, threshold: int = 6, *, method: str = "phash", hash_size: i
     h, valid, has_image, key_blob, key_offsets, shard_offsets = corpus.arrays()
     del corpus
     settings = {**run_settings, "threshold": int(threshold), "policy": policy, "drop_failed": drop_failed,
-                "hash_env": _hash_env()}
+                "hash_env": hash_environment()}
     dp = find_duplicates(h, threshold, policy=policy, valid=valid, settings=dict(settings))
     status = np.full(n, STATUS_KEPT, np.uint8)
     status[~dp.keep] = STATUS_DUPLICATE

@@ -22,9 +22,8 @@ from pathlib import Path
 import numpy as np
 
 from torch_dedup.errors import ImageDecodeError
-from torch_dedup.hashing._decode import hash_files
-from torch_dedup.hashing.api import METHODS, hash_bits
-from torch_dedup.index import _hash_env
+from torch_dedup.hashing import METHODS, hash_bits, hash_files
+from torch_dedup.sidecar import hash_environment
 
 from .shard_sidecar import (
     ShardSidecar,
@@ -181,7 +180,7 @@ def _auto_workers(urls: list[str]) -> int:
 
 def _expect(fingerprint: str, method: str, hash_size: int, decode: str, exts: tuple) -> dict:
     return {"fingerprint": fingerprint, "method": method, "hash_size": int(hash_size), "decode": decode,
-            "image_exts": list(exts), "hash_env": _hash_env()}
+            "image_exts": list(exts), "hash_env": hash_environment()}
 
 
 def _load_valid(paths: list[Path], expect: dict) -> ShardSidecar | None:
@@ -208,7 +207,7 @@ def _hash_and_store(url: str, paths: list[str], method: str, hash_size: int, ext
         return ("shard_error", exc.url, exc.reason, exc.offset, exc.member)
     except ImageDecodeError as exc:
         return ("image_error", exc.source, exc.reason, exc.index)
-    extra = {"image_exts": list(exts), "hash_env": _hash_env()}
+    extra = {"image_exts": list(exts), "hash_env": hash_environment()}
     last = None
     for path in paths:
         try:

@@ -25,7 +25,7 @@ from pathlib import Path
 
 import numpy as np
 
-from .sample import SampleDataset
+from ..embedded import SampleDataset
 
 __all__ = ["IMAGE_EXTENSIONS", "ArrayDataset", "ImageFiles", "class_names_of", "open_target"]
 

@@ -11,7 +11,7 @@ import argparse
 import json
 import time
 
-from torch_dedup.cli._options import add_hashing_args, add_output_args
+from ._options import add_hashing_args, add_output_args
 
 __all__ = ["register"]
 
@@ -84,7 +84,7 @@ def register(subparsers) -> argparse.ArgumentParser:
 
 
 def _urls(args) -> list[str]:
-    from .shard_urls import expand_shard_urls
+    from ..wds.shard_urls import expand_shard_urls
 
     return [u for spec in args.shards for u in expand_shard_urls(spec)]
 
@@ -103,7 +103,7 @@ def _engine_missing(args, exc: ImportError) -> int:
 
 
 def _cmd_hash(args, out) -> int:
-    from .shards import hash_shards
+    from ..wds import hash_shards
 
     t0 = time.perf_counter()
     try:
@@ -129,7 +129,7 @@ def _cmd_hash(args, out) -> int:
 
 
 def _cmd_plan(args, out) -> int:
-    from .shard_plan import plan_shards
+    from ..wds import plan_shards
 
     try:
         plan = plan_shards(_urls(args), args.threshold, method=args.method, hash_size=args.hash_size,
@@ -154,7 +154,7 @@ def _cmd_plan(args, out) -> int:
 
 
 def _cmd_rewrite(args, out) -> int:
-    from .rewrite import rewrite_shards
+    from ..wds import rewrite_shards
 
     t0 = time.perf_counter()
     res = rewrite_shards(args.plan, args.out, pattern=args.pattern, maxcount=args.maxcount, maxsize=args.maxsize,
