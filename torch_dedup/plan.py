@@ -29,6 +29,7 @@ logger = logging.getLogger(__name__)
 POLICIES = ("greedy", "components")
 _KIND = "plan"
 _PLAN_VERSION = 1
+_EXTRA = "extra/"  # prefix of the arrays a consumer stores beside the plan
 
 
 def _readonly(arr: np.ndarray) -> np.ndarray:
@@ -124,6 +125,17 @@ def _problem(p: DedupPlan) -> str | None:
             return "a label conflict joins two items of one label, or lies beyond the threshold"
         if np.any(failed[lc[:, 0]] | failed[lc[:, 1]]):
             return "a label conflict involves an item that failed to hash"
+    if p.leak_pairs is not None:
+        if bad := _check_array("leak_pairs", p.leak_pairs, np.int64, (None, 3)):
+            return bad
+        lp = p.leak_pairs
+        if len(lp) and (np.any((lp[:, 0] < 0) | (lp[:, 0] >= n)) or np.any(lp[:, 1] < 0)
+                        or np.any((lp[:, 2] < 0) | (lp[:, 2] > p.threshold))):
+            return "a leak pair has an item out of range, a negative row, or a distance beyond the threshold"
+        if len(lp) and not np.all(leaked[lp[:, 0]]):
+            return "a leak pair names an item that is not marked leaked"
+        if not np.array_equal(np.unique(lp[:, 0]), idx[leaked]):
+            return "leak_pairs must name every leaked item"
     lk = p.leaks
     if not np.array_equal(lk[:, 0], idx[leaked]):
         return "leaks must list each leaked item once, in item order"
@@ -167,6 +179,10 @@ class DedupPlan:
         label_conflict_distances: ``(P,)`` their distances (uint8; uint16 for hashes over 255 bits).
         leaks: ``(L, 3) int64`` rows ``(item, against_row, distance)``: each leaked
             item with its nearest item of the other set (lowest row on ties).
+        leak_pairs: ``(P, 3) int64`` rows ``(item, against_row, distance)``: *every*
+            pair within the threshold between this set and the other, sorted by item then
+            row; ``None`` unless asked for (``find_duplicates(..., leak_pairs=True)``), as
+            it can be large. ``against_row`` counts rows of the ``against`` hashes.
         sweep: ``(T+1,) int64`` kept count at thresholds ``0..T``, or None.
         settings: how the plan was made (method, hash_bits, priority kind, ...).
         provenance: where the hashes came from (fingerprint, versions, sidecar, ...).
@@ -194,6 +210,7 @@ class DedupPlan:
     label_conflicts: np.ndarray = field(default_factory=lambda: np.zeros((0, 2), np.int64))
     label_conflict_distances: np.ndarray = field(default_factory=lambda: np.zeros(0, np.uint8))
     leaks: np.ndarray = field(default_factory=lambda: np.zeros((0, 3), np.int64))
+    leak_pairs: np.ndarray | None = None
     sweep: np.ndarray | None = None
     settings: dict = field(default_factory=dict)
     provenance: dict = field(default_factory=dict)
@@ -204,7 +221,7 @@ class DedupPlan:
         if bad:
             raise ValueError(f"inconsistent DedupPlan: {bad}")
         for name in ("keep", "group", "representative", "distance_to_rep", "failed", "leaked", "labels",
-                     "label_conflicts", "label_conflict_distances", "leaks", "sweep"):
+                     "label_conflicts", "label_conflict_distances", "leaks", "leak_pairs", "sweep"):
             value = getattr(self, name)
             if value is not None:
                 object.__setattr__(self, name, _readonly(value))
@@ -323,15 +340,25 @@ class DedupPlan:
                                        f"{fingerprint!r}; recompute the plan for this dataset")
 
     # ------------------------------------------------------------ storage
-    def save(self, path: str | os.PathLike) -> str:
+    def save(self, path: str | os.PathLike, *, extra_meta: dict | None = None,
+             extra_arrays: dict[str, np.ndarray] | None = None) -> str:
         """Write the plan atomically (checksummed, no pickle). Returns the path written.
 
+        Args:
+            path: the file to write.
+            extra_meta: JSON-able facts a consumer stores beside the plan (e.g. the shard
+                table of a :class:`~torch_dedup.wds.ShardPlan`); :meth:`load` ignores them,
+                :meth:`load_with_extras` returns them.
+            extra_arrays: arrays stored beside the plan, likewise (names without ``/``).
+
         Raises:
-            ValueError: settings or provenance are not JSON-serialisable.
+            ValueError: settings, provenance or extras are not JSON-serialisable, or an
+                extra array's name is not a plain name.
         """
         meta = {"plan_version": _PLAN_VERSION, "n": self.n, "threshold": self.threshold, "policy": self.policy,
                 "per_class": self.per_class, "has_labels": self.labels is not None,
-                "has_sweep": self.sweep is not None, "settings": self.settings, "provenance": self.provenance}
+                "has_sweep": self.sweep is not None, "has_leak_pairs": self.leak_pairs is not None,
+                "settings": self.settings, "provenance": self.provenance}
         arrays = {"keep": self.keep, "group": self.group, "representative": self.representative,
                   "distance_to_rep": self.distance_to_rep, "failed": self.failed, "leaked": self.leaked,
                   "label_conflicts": self.label_conflicts, "label_conflict_distances": self.label_conflict_distances,
@@ -340,6 +367,14 @@ class DedupPlan:
             arrays["labels"] = self.labels
         if self.sweep is not None:
             arrays["sweep"] = self.sweep
+        if self.leak_pairs is not None:
+            arrays["leak_pairs"] = self.leak_pairs
+        if extra_meta is not None:
+            meta["extra"] = dict(extra_meta)
+        for name, arr in (extra_arrays or {}).items():
+            if not isinstance(name, str) or not name or "/" in name:
+                raise ValueError(f"extra array name {name!r} must be a non-empty string without '/'")
+            arrays[_EXTRA + name] = np.asarray(arr)
         try:
             return str(write_store(path, _KIND, meta, arrays))
         except (TypeError, ValueError) as exc:
@@ -348,7 +383,19 @@ class DedupPlan:
 
     @classmethod
     def load(cls, path: str | os.PathLike) -> DedupPlan:
-        """Read and fully validate a plan written by :meth:`save`.
+        """Read and fully validate a plan written by :meth:`save` (extras, if any, are ignored).
+
+        Raises:
+            PlanError: missing, truncated, corrupt, hostile or inconsistent file (names the file).
+        """
+        return cls.load_with_extras(path)[0]
+
+    @classmethod
+    def load_with_extras(cls, path: str | os.PathLike) -> tuple[DedupPlan, dict, dict[str, np.ndarray]]:
+        """Read a plan and the extras a consumer stored beside it (see :meth:`save`).
+
+        Returns:
+            ``(plan, extra_meta, extra_arrays)``; both extras are empty when none were saved.
 
         Raises:
             PlanError: missing, truncated, corrupt, hostile or inconsistent file (names the file).
@@ -358,18 +405,22 @@ class DedupPlan:
         if meta.get("plan_version") != _PLAN_VERSION:
             raise PlanError(where, f"plan version {meta.get('plan_version')!r} is not the supported "
                                    f"{_PLAN_VERSION}; recompute the plan")
+        extras = {k[len(_EXTRA):]: arrays.pop(k) for k in list(arrays) if k.startswith(_EXTRA)}
         want = {"keep", "group", "representative", "distance_to_rep", "failed", "leaked", "label_conflicts",
                 "label_conflict_distances", "leaks"}
-        if meta.get("has_labels") is True:
-            want.add("labels")
-        if meta.get("has_sweep") is True:
-            want.add("sweep")
+        for flag, name in (("has_labels", "labels"), ("has_sweep", "sweep"), ("has_leak_pairs", "leak_pairs")):
+            if meta.get(flag) is True:
+                want.add(name)
         if set(arrays) != want:
             raise PlanError(where, f"arrays {sorted(arrays)} do not match the expected {sorted(want)}")
+        extra_meta = meta.get("extra", {})
+        if not isinstance(extra_meta, dict):
+            raise PlanError(where, "malformed extra section (not a JSON object); delete it and recompute the plan")
         try:
-            return cls(n=meta.get("n"), threshold=meta.get("threshold"), policy=meta.get("policy"),
+            plan = cls(n=meta.get("n"), threshold=meta.get("threshold"), policy=meta.get("policy"),
                        per_class=meta.get("per_class"), settings=meta.get("settings"),
                        provenance=meta.get("provenance"), path=where, labels=arrays.pop("labels", None),
-                       sweep=arrays.pop("sweep", None), **arrays)
+                       sweep=arrays.pop("sweep", None), leak_pairs=arrays.pop("leak_pairs", None), **arrays)
         except (ValueError, TypeError, IndexError) as exc:
             raise PlanError(where, f"{exc}; delete it and recompute the plan") from None
+        return plan, extra_meta, extras
