@@ -29,7 +29,7 @@ import torch
 from torch.utils.data import Dataset, DistributedSampler, RandomSampler
 
 from torch_dedup.hamming.cluster import find_duplicates
-from torch_dedup.index import hash_dataset
+from torch_dedup.dataset_hashes import hash_dataset
 from torch_dedup.sampler import DedupSampler
 from torch_dedup.sources import source_of
 

@@ -57,7 +57,7 @@ import train_classifier as tc  # the example next to this one
 
 from torch_dedup.hamming.cluster import find_duplicates, sweep_thresholds, sweep_thresholds_by_class
 from torch_dedup.hamming.search import hamming_pairs
-from torch_dedup.index import hash_dataset
+from torch_dedup.dataset_hashes import hash_dataset
 
 log = logging.getLogger("ce_dedup_sweep")
 

@@ -24,7 +24,7 @@ from PIL import Image
 from torch_dedup.cli import main
 from torch_dedup.hamming.cluster import find_duplicates, sweep_thresholds
 from torch_dedup.hashing import hash_array
-from torch_dedup.index import hash_dataset
+from torch_dedup.dataset_hashes import hash_dataset
 from torch_dedup.plan import DedupPlan
 from torch_dedup.embedded import CLASSES, load_sample
 

@@ -9,7 +9,8 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from torch_dedup.hamming.cluster import find_duplicates, sweep_thresholds, sweep_thresholds_by_class
+from naive import distance_matrix, popcount
+from torch_dedup.hamming.cluster import find_duplicates, keep_from_pairs, sweep_thresholds, sweep_thresholds_by_class
 from torch_dedup.plan import DedupPlan
 
 # ----------------------------------------------------------------------------- naive reference
@@ -111,7 +112,7 @@ def check_invariants(plan: DedupPlan, hashes: np.ndarray) -> None:
     removed[plan.removed_indices] = True
     # kept, removed, failed and leaked partition the items
     assert np.all(keep.astype(int) + removed + failed + leaked == 1)
-    dist = lambda i, j: int(np.bitwise_count(rows[i] ^ rows[j]).sum())
+    dist = lambda i, j: int(popcount(rows[i] ^ rows[j]).sum())
     same = (lambda i, j: plan.labels[i] == plan.labels[j]) if plan.per_class else (lambda i, j: True)
     kept = plan.kept_indices.tolist()
     if plan.policy == "greedy":
@@ -362,3 +363,123 @@ def test_greedy_equals_imagededup_on_real_phashes(sample_phashes, t):
     plan = find_duplicates(sample_phashes, t)
     assert plan.keep.tolist() == imagededup_keep(sample_phashes, t)
     assert plan.n_removed > 0
+
+
+# ----------------------------------------------------------------------------- leak_pairs
+
+
+def naive_leak_pairs(hashes, against, t, valid=None) -> np.ndarray:
+    """Every (item, row, distance) within ``t``, by the full distance matrix; item then row order."""
+    d = distance_matrix(hashes, against)
+    ok = d <= t
+    if valid is not None:
+        ok &= np.asarray(valid)[:, None]
+    i, j = np.nonzero(ok)  # C order: sorted by item, then row
+    return np.stack([i, j, d[i, j]], axis=1).astype(np.int64).reshape(-1, 3)
+
+
+def check_leak_pairs(plan: DedupPlan, hashes, against, t, valid=None) -> None:
+    lp = plan.leak_pairs
+    assert lp is not None and lp.dtype == np.int64 and lp.shape[1:] == (3,)
+    np.testing.assert_array_equal(lp, naive_leak_pairs(hashes, against, t, valid))
+    assert np.array_equal(np.unique(lp[:, 0]), np.flatnonzero(plan.leaked))
+    # plan.leaks: per leaked item, the lowest row among its nearest pairs
+    for item, row, d in plan.leaks.tolist():
+        mine = lp[lp[:, 0] == item]
+        nearest = mine[mine[:, 2] == mine[:, 2].min()]
+        assert (row, d) == (int(nearest[:, 1].min()), int(nearest[0, 2]))
+
+
+@settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(cases(), st.integers(0, 6))
+def test_leak_pairs_match_brute_force(case, extra_sweep):
+    h, t, kw = case
+    if "against" not in kw:
+        return
+    plan = find_duplicates(h, t, leak_pairs=True, sweep_max=t + extra_sweep, **kw)  # search above t: filtered
+    check_leak_pairs(plan, h, kw["against"], t, kw.get("valid"))
+    assert_matches_naive(plan, naive(h, t, **kw))
+
+
+def test_leak_pairs_with_many_identical_hashes_on_both_sides():
+    rng = np.random.default_rng(12)
+    base = rng.integers(0, 2**64, size=4, dtype=np.uint64)
+    h = base[rng.integers(0, 4, 300)]
+    h[::5] ^= np.uint64(1 << 7)
+    against = np.concatenate([np.repeat(base[:2], 40), base[2:3] ^ np.uint64(0b11), rng.integers(0, 2**64, 30,
+                                                                                                  dtype=np.uint64)])
+    rng.shuffle(against)
+    valid = rng.random(300) < 0.85
+    labels = rng.integers(0, 3, 300)
+    for t in (0, 1, 2, 3):
+        # per_class restricts pairs within this set only: a leak is a leak whatever its label
+        plan = find_duplicates(h, t, against=against, valid=valid, labels=labels, per_class=True, leak_pairs=True)
+        check_leak_pairs(plan, h, against, t, valid)
+        assert len(plan.leak_pairs) > 1000 or t < 2  # groups of ~60 x 40 items: the product, not one row
+        assert not plan.leaked[~valid].any() and not (plan.leak_pairs[:, 0][:, None] == np.flatnonzero(~valid)).any()
+
+
+def test_leak_pairs_multiword_256_bit():
+    rng = np.random.default_rng(4)
+    h = clustered(rng, 150, 12, 20, words=4)
+    against = h[rng.integers(0, 150, 25)].copy()
+    against[::2, 1] ^= np.uint64(0xFF)
+    against = np.concatenate([against, against[:5]])  # repeated rows of the other set
+    for policy in ("greedy", "components"):
+        plan = find_duplicates(h, 24, policy=policy, against=against, leak_pairs=True, valid=rng.random(150) < 0.9)
+        check_leak_pairs(plan, h, against, 24, plan.failed == 0)
+        assert len(plan.leak_pairs) > len(plan.leaks) > 0
+
+
+def test_leak_pairs_off_empty_and_saved(tmp_path):
+    h = np.array([0b000, 0b001, 0b011], dtype=np.uint64)
+    test_set = np.array([0b100, 0b000, 0b000], dtype=np.uint64)
+    assert find_duplicates(h, 1, against=test_set).leak_pairs is None  # default: not computed
+    plan = find_duplicates(h, 1, against=test_set, leak_pairs=True)
+    assert plan.leak_pairs.tolist() == [[0, 0, 1], [0, 1, 0], [0, 2, 0], [1, 1, 1], [1, 2, 1]]
+    assert plan.leaks.tolist() == [[0, 1, 0], [1, 1, 1]]
+    plan.save(tmp_path / "p")
+    loaded = DedupPlan.load(tmp_path / "p")
+    np.testing.assert_array_equal(loaded.leak_pairs, plan.leak_pairs)
+    none = find_duplicates(h, 1, leak_pairs=True)
+    assert none.leak_pairs.shape == (0, 3) and none.leak_pairs.dtype == np.int64
+    far = find_duplicates(h, 1, against=np.array([2**64 - 1], np.uint64), leak_pairs=True)
+    assert far.leak_pairs.shape == (0, 3) and not far.leaked.any()
+    assert find_duplicates(h, 1, against=np.zeros(0, np.uint64), leak_pairs=True).leak_pairs.shape == (0, 3)
+    assert find_duplicates(h[:0], 1, against=test_set, leak_pairs=True).leak_pairs.shape == (0, 3)
+    with pytest.raises(ValueError, match="leak_pairs must be True or False, got 'yes'"):
+        find_duplicates(h, 1, against=test_set, leak_pairs="yes")
+
+
+# ----------------------------------------------------------------------------- keep_from_pairs
+
+
+@settings(max_examples=120, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(cases())
+def test_keep_from_pairs_is_the_keep_step_of_find_duplicates(case):
+    h, t, kw = case
+    from torch_dedup.hamming.search import hamming_pairs
+
+    policy = kw["policy"]
+    plan = find_duplicates(h, t, policy=policy)  # dataset order, all items
+    pairs = hamming_pairs(h, t).pairs
+    keep, rep = keep_from_pairs(len(h), pairs[:, ::-1], policy=policy)  # either order
+    assert keep.dtype == np.bool_ and rep.dtype == np.int64
+    np.testing.assert_array_equal(keep, plan.keep)
+    np.testing.assert_array_equal(rep, plan.representative)
+    # repeated and self pairs change nothing
+    noisy = np.concatenate([pairs, pairs, np.stack([np.arange(len(h))] * 2, axis=1)])
+    np.testing.assert_array_equal(keep_from_pairs(len(h), noisy, policy=policy)[1], rep)
+
+
+@pytest.mark.parametrize("args, kwargs, match", [
+    ((-1, np.zeros((0, 2), int)), {}, r"n must be an int >= 0.*-1"),
+    ((3, np.zeros((2, 3), int)), {}, r"pairs must be a \(P, 2\) integer array"),
+    ((3, np.zeros((2, 2))), {}, r"pairs must be a \(P, 2\) integer array.*float64"),
+    ((3, np.array([[0, 3]])), {}, r"pairs must name nodes in \[0, 2\].*\[0, 3\]"),
+    ((3, np.zeros((0, 2), int)), {"policy": "cliques"}, r"policy='cliques'"),
+])
+def test_keep_from_pairs_validation(args, kwargs, match):
+    with pytest.raises(ValueError, match=match):
+        keep_from_pairs(*args, **kwargs)
+    assert keep_from_pairs(0, np.zeros((0, 2), int))[0].shape == (0,)

@@ -17,7 +17,7 @@ from test_sampler import NoLen, Stream, Unreadable, make_plan
 from test_sources import cifar10, fashion_mnist, image_folder
 from torch_dedup.dataset import DedupDataset
 from torch_dedup.errors import DedupError, EmptyDedupError, PlanError
-from torch_dedup.index import plan_dataset
+from torch_dedup.planning import plan_dataset
 from torch_dedup.sampler import DedupSampler
 
 

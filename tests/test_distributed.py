@@ -18,7 +18,7 @@ from torch.utils.data import Dataset
 
 from ddp_utils import run_ranks
 from resume_utils import assert_partition
-from torch_dedup.index import hash_dataset, plan_dataset
+from torch_dedup import hash_dataset, plan_dataset
 from torch_dedup.embedded import load_sample
 
 pytestmark = pytest.mark.slow   # two spawned ranks: ~15-30 s
@@ -59,7 +59,7 @@ class Probe(Dataset):
 def _run_rank(rank: int, out: str, init: str) -> None:
     # Everything is imported inside: this runs in a fresh spawned interpreter.
     from torch_dedup.dataset import DedupDataset
-    from torch_dedup.distributed import hash_dataset_distributed
+    from torch_dedup.distributed_hashing import hash_dataset_distributed
     from torch_dedup.errors import ImageDecodeError
     from torch_dedup.sampler import DedupSampler
 
@@ -96,7 +96,7 @@ def _run_rank(rank: int, out: str, init: str) -> None:
         # 3. only rank 0 can read a sidecar (node-local caches): it broadcasts the hashes
         own_cache = out / f"local_{rank}"
         if rank == 0:
-            from torch_dedup.index import hash_dataset as local_hash
+            from torch_dedup.dataset_hashes import hash_dataset as local_hash
             local_hash(ds, image_fn=image_fn, cache_dir=own_cache, progress=False, fingerprint="v1")
         seen.clear()
         h = hash_dataset_distributed(ds, image_fn=image_fn, cache_dir=own_cache, progress=False, fingerprint="v1")
@@ -200,7 +200,7 @@ def test_a_failure_on_one_rank_raises_on_all(ddp_run):
 
 
 def test_hash_dataset_distributed_needs_a_process_group():
-    from torch_dedup.distributed import hash_dataset_distributed
+    from torch_dedup.distributed_hashing import hash_dataset_distributed
     with pytest.raises(RuntimeError, match="init_process_group"):
         hash_dataset_distributed(Images())
 

@@ -224,7 +224,7 @@ def test_process_pool_path_is_exact_and_reused(tmp_path, monkeypatch):
     from torch_dedup.hashing import api
     from torch_dedup.embedded import load_sample
 
-    monkeypatch.setattr(api, "_POOL_MIN_FILES", 1)  # exercise the pool on a small list
+    monkeypatch.setattr(api, "POOL_MIN_FILES", 1)  # exercise the pool on a small list
     images = load_sample(40)[0]
     paths = []
     for i, a in enumerate(images):

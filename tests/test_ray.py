@@ -187,3 +187,47 @@ def test_label_components_against_scipy():
     for i, r in enumerate(ref.tolist()):
         first.setdefault(r, i)
     assert label.tolist() == [first[r] for r in ref.tolist()]
+
+
+@pytest.mark.parametrize("t, n_blocks", [(3, 4), (5, 8)])
+def test_distributed_pairs_with_other_block_counts(ray_local, t, n_blocks):
+    from torch_dedup.engines.ray_plan import distributed_pairs
+    from torch_dedup.hamming.search import unique_hashes, unique_pairs
+
+    u = unique_hashes(_clustered(np.random.default_rng(10 + t), 3000))[0]
+    got = distributed_pairs(u, t, n_blocks=n_blocks, n_parts=3, n_mappers=2)
+    assert np.array_equal(got, unique_pairs(u, t).pairs)
+
+
+@pytest.mark.parametrize("kwargs, match", [
+    (dict(threshold=64), r"threshold=64 must be an int in \[0, 63\]"),
+    (dict(threshold=True), r"threshold=True"),
+    (dict(threshold=4, n_blocks=4), r"n_blocks=4 must be an int in \(4, 64\]"),
+    (dict(threshold=4, n_blocks=65), r"n_blocks=65"),
+    (dict(threshold=20, n_blocks=64), r"MAX_TABLES"),
+    (dict(threshold=4, n_parts=0), r"n_parts=0 must be an int >= 1"),
+])
+def test_distributed_pairs_bad_arguments(kwargs, match):
+    from torch_dedup.engines.ray_plan import distributed_pairs
+
+    with pytest.raises(ValueError, match=match):
+        distributed_pairs(np.arange(10, dtype=np.uint64), **kwargs)
+
+
+def test_ray_plan_uses_only_the_public_hamming_engine():
+    """One search engine: the planner reuses the hamming kernels through public names, no copy of them."""
+    import ast
+    import inspect
+
+    from torch_dedup import hamming
+    from torch_dedup.engines import ray_plan
+
+    tree = ast.parse(inspect.getsource(ray_plan))
+    used = {(node.module, a.name) for node in ast.walk(tree) if isinstance(node, ast.ImportFrom) and node.module
+            and node.module.startswith("torch_dedup.hamming") for a in node.names}
+    assert ("torch_dedup.hamming", "block_table_pairs") in used and ("torch_dedup.hamming", "block_tables") in used
+    assert all(module == "torch_dedup.hamming" and name in hamming.__all__ for module, name in used), used
+    # no popcount of its own: pair verification is the kernels' job
+    names = {n.attr if isinstance(n, ast.Attribute) else n.id for n in ast.walk(tree)
+             if isinstance(n, (ast.Attribute, ast.Name))}
+    assert not names & {"bitwise_count", "unpackbits", "popcount64"}, names & {"bitwise_count", "unpackbits"}

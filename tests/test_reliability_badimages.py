@@ -27,7 +27,7 @@ from PIL import Image
 
 from torch_dedup.errors import ImageDecodeError
 from torch_dedup.hashing.api import hash_images, to_hex
-from torch_dedup.index import hash_dataset, plan_dataset
+from torch_dedup import hash_dataset, plan_dataset
 
 #: The exception class Pillow raises for each bad input (the cause our reason must name).
 CAUSE = {

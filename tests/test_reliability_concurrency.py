@@ -43,7 +43,7 @@ def folder(tmp_path_factory) -> Path:
 def _race(root: str, cache: str, out: str, barrier) -> None:
     from torchvision.datasets import ImageFolder
 
-    from torch_dedup.index import hash_dataset
+    from torch_dedup.dataset_hashes import hash_dataset
 
     ds = ImageFolder(root)
     barrier.wait()
@@ -60,7 +60,7 @@ def _sidecars(cache: Path) -> list[Path]:
 def test_racing_processes_end_with_one_valid_sidecar(folder, tmp_path):
     from torchvision.datasets import ImageFolder
 
-    from torch_dedup.index import hash_dataset
+    from torch_dedup.dataset_hashes import hash_dataset
     from torch_dedup.sidecar import read_sidecar
 
     cache = tmp_path / "cache"
@@ -87,7 +87,7 @@ def test_racing_processes_end_with_one_valid_sidecar(folder, tmp_path):
 _LOOPING_WRITER = textwrap.dedent("""
     import sys
     from torchvision.datasets import ImageFolder
-    from torch_dedup.index import hash_dataset
+    from torch_dedup.dataset_hashes import hash_dataset
     ds = ImageFolder(sys.argv[1])
     print("ready", flush=True)
     while True:
@@ -98,7 +98,7 @@ _LOOPING_WRITER = textwrap.dedent("""
 def test_killed_racers_leave_no_lock_and_no_used_debris(folder, tmp_path):
     from torchvision.datasets import ImageFolder
 
-    from torch_dedup.index import hash_dataset
+    from torch_dedup.dataset_hashes import hash_dataset
     from torch_dedup.sidecar import read_sidecar, remove_stale_temp_files
 
     ref = hash_dataset(ImageFolder(str(folder)), cache_dir=False, on_error="skip", workers=0, progress=False)
@@ -138,7 +138,7 @@ def _rank(rank: int, root: str, out: str, init: str) -> None:
     import torch.distributed as dist
     from torchvision.datasets import ImageFolder
 
-    from torch_dedup.index import hash_dataset
+    from torch_dedup.dataset_hashes import hash_dataset
     from torch_dedup.sampler import DedupSampler
 
     dist.init_process_group("gloo", init_method=init, rank=rank, world_size=2)
@@ -165,7 +165,7 @@ def test_two_ddp_ranks_share_one_sidecar(folder, tmp_path):
     from torchvision.datasets import ImageFolder
 
     from ddp_utils import run_ranks
-    from torch_dedup.index import plan_dataset
+    from torch_dedup.planning import plan_dataset
     from torch_dedup.sidecar import read_sidecar
 
     reports = run_ranks(_rank, (str(folder), str(tmp_path), f"file://{tmp_path / 'rdv'}"), tmp_path, nprocs=2,

@@ -247,6 +247,8 @@ def test_damaged_shard_plan_is_refused_naming_the_file(tmp_path, shard_plan, how
         with pytest.raises(PlanError) as info:
             use(path)
         assert str(path) in str(info.value)
+        if how == "wrong_kind":  # a dataset's plan file: the message says what it is and how to make a shard plan
+            assert "not a shard plan" in str(info.value) and "torch-dedup wds plan" in str(info.value)
     assert not (tmp_path / "o").exists()
 
 
@@ -265,7 +267,7 @@ class _Arrays:
 
 def test_plan_of_another_dataset_is_refused_naming_the_file(tmp_path):
     from torch_dedup.dataset import DedupDataset
-    from torch_dedup.index import plan_dataset
+    from torch_dedup.planning import plan_dataset
     from torch_dedup.embedded import load_sample
     from torch_dedup.sampler import DedupSampler
 

@@ -93,7 +93,7 @@ def test_pickle_payloads_are_never_executed(tmp_path, kind, payload):
 
 def test_hostile_sidecar_in_the_cache_is_ignored_and_replaced(tmp_path, caplog):
     """A pickle planted under the sidecar's own name: hash_dataset warns, recomputes, overwrites it."""
-    from torch_dedup.index import hash_dataset
+    from torch_dedup.dataset_hashes import hash_dataset
 
     class Arr:
         data = np.random.default_rng(0).integers(0, 256, (20, 16, 16), dtype=np.uint8)
@@ -121,10 +121,11 @@ def test_hostile_shard_plan_and_filter(tmp_path):
     marker = tmp_path / "PWNED"
     path = tmp_path / "x.tdplan"
     for make in HOSTILE.values():
-        path.write_bytes(make(marker, "shard-plan"))
-        for use in (ShardPlan.load, dedup_filter):
-            with pytest.raises(PlanError):
-                use(path)
+        for kind in ("plan", "shard-plan"):  # a shard plan is a plan file; "shard-plan" is the retired kind
+            path.write_bytes(make(marker, kind))
+            for use in (ShardPlan.load, dedup_filter):
+                with pytest.raises(PlanError):
+                    use(path)
     assert not marker.exists()
 
 

@@ -18,7 +18,7 @@ from resume_utils import run_test_save_load_state, take
 from test_sources import NoLen, Stream, fashion_mnist, image_folder
 from torch_dedup.errors import DedupError, EmptyDedupError, PlanError
 from torch_dedup.hamming.cluster import find_duplicates
-from torch_dedup.index import plan_dataset
+from torch_dedup.planning import plan_dataset
 from torch_dedup.embedded import load_sample
 from torch_dedup.sampler import DedupSampler
 
@@ -304,10 +304,10 @@ def test_pickles_cheaply_without_the_plan():
 
 def test_fashion_mnist_second_construction_from_sidecar(tmp_path, caplog):
     ds = fashion_mnist(tmp_path / "data")
-    with caplog.at_level(logging.INFO, logger="torch_dedup.distributed"):
+    with caplog.at_level(logging.INFO, logger="torch_dedup.planning"):
         first = DedupSampler(ds, threshold=6, cache_dir=tmp_path / "cache", progress=False)
         second = DedupSampler(ds, threshold=6, cache_dir=tmp_path / "cache", progress=False)
-    lines = [r.getMessage() for r in caplog.records if r.name == "torch_dedup.distributed"]
+    lines = [r.getMessage() for r in caplog.records if r.name == "torch_dedup.planning"]
     assert len(lines) == 2
     assert f"10000 -> {first.plan.n_kept} items kept" in lines[0] and "sidecar miss" in lines[0]
     assert "sidecar hit" in lines[1]
@@ -338,8 +338,13 @@ def test_image_folder_near_duplicates_removed(tmp_path):
 
 def test_plan_path_loads_without_hashing(tmp_path, fashion, fashion_plan):
     path = fashion_plan.save(tmp_path / "fm.tdplan")
-    s = DedupSampler(fashion, plan=path, threshold=0)   # options are ignored with a plan
+    s = DedupSampler(fashion, plan=path, threshold=fashion_plan.threshold)  # agrees with the plan: fine
     np.testing.assert_array_equal(s.kept_indices, fashion_plan.kept_indices)
+    # a setting that contradicts the plan is refused, never silently overridden by it
+    with pytest.raises(ValueError, match=r"threshold=0 \(the plan has 6\)"):
+        DedupSampler(fashion, plan=path, threshold=0)
+    with pytest.raises(ValueError, match=r"per_class=True \(the plan has False\)"):
+        DedupSampler(fashion, plan=fashion_plan, per_class=True)
     # a dataset whose items cannot even be read: only its length and fingerprint are needed
     small = make_plan(5, 1)
     small_path = small.save(tmp_path / "small.tdplan")

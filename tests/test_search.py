@@ -10,7 +10,12 @@ from hypothesis import strategies as st
 from naive import brute_pairs, unique_rows
 from torch_dedup.hamming import search
 from torch_dedup.hamming.search import (
+    MAX_TABLES,
+    BlockTable,
     HammingPairs,
+    block_masks,
+    block_table_pairs,
+    block_tables,
     hamming_distance,
     hamming_pairs,
     popcount64,
@@ -234,3 +239,119 @@ def test_validation_errors(fn, kwargs, match):
 
 def test_numpy_integer_threshold_accepted():
     assert hamming_pairs(H64, np.int32(0)).pairs.tolist() == [[0, 1], [0, 2], [1, 2]]
+
+
+# ----------------------------------------------------------------------------- the index's tables, public
+
+
+@pytest.mark.parametrize("words", [1, 2, 4])
+@pytest.mark.parametrize("n_blocks_per_word", [1, 3, 8, 64])
+def test_block_masks_partition_every_word(words, n_blocks_per_word):
+    n = words * n_blocks_per_word + (1 if n_blocks_per_word < 64 else 0)
+    m = block_masks(n, words)
+    assert m.shape == (n, words) and m.dtype == np.uint64
+    assert np.all((m != 0).sum(axis=1) == 1)  # one word per block: blocks never straddle a word
+    for w in range(words):
+        col = [int(x) for x in m[:, w] if x]
+        assert sum(col) == 2**64 - 1  # the word is covered ...
+        assert sum(bin(x).count("1") for x in col) == 64  # ... by disjoint blocks
+        widths = [bin(x).count("1") for x in col]
+        assert max(widths) - min(widths) <= 1
+
+
+def _pairs_of_all_tables(h, t, n_blocks, other=None):
+    words = h.shape[1]
+    parts = [block_table_pairs(as_input(h), t, tab, None if other is None else as_input(other))
+             for tab in block_tables(n_blocks, t, words)]
+    pairs = np.concatenate([p.pairs for p in parts])
+    dist = np.concatenate([p.distances.astype(np.int64) for p in parts])
+    for p in parts:  # each table's output is sorted on its own
+        assert p.pairs.dtype == np.int64
+        if len(p.pairs):
+            assert np.all(np.diff(p.pairs[:, 0] * (10**6) + p.pairs[:, 1]) > 0)
+    order = np.lexsort((pairs[:, 1], pairs[:, 0])) if len(pairs) else np.zeros(0, np.int64)
+    return pairs[order], dist[order]
+
+
+@pytest.mark.parametrize("words", [1, 2, 4])
+@pytest.mark.parametrize("t, extra", [(0, 1), (1, 0), (3, 2), (6, 2), (9, 3)])
+def test_union_of_block_tables_is_every_pair_once(words, t, extra):
+    rng = np.random.default_rng(100 * words + t)
+    h = clustered(rng, 160, words, flips=3, dup_frac=0.4)
+    h[20:40] = h[3]  # a block of identical rows: pairs at distance 0 come from one table
+    n_blocks = max(t + extra, words)
+    pairs, dist = _pairs_of_all_tables(h, t, n_blocks)
+    ref_pairs, ref_d = brute_pairs(h, t)
+    np.testing.assert_array_equal(pairs, ref_pairs)  # no pair missed, none twice (the union had no dedup)
+    np.testing.assert_array_equal(dist, ref_d)
+    other = h[::4].copy()
+    other[::3] ^= np.uint64(1)
+    pairs, dist = _pairs_of_all_tables(h, t, n_blocks, other)
+    ref_pairs, ref_d = brute_pairs(h, t, other)
+    np.testing.assert_array_equal(pairs, ref_pairs)
+    np.testing.assert_array_equal(dist, ref_d)
+
+
+@settings(max_examples=40, deadline=None)
+@given(seed=st.integers(0, 2**32 - 1), n=st.integers(0, 50), words=st.sampled_from([1, 2]),
+       t=st.integers(0, 8), extra=st.integers(0, 3))
+def test_block_tables_hypothesis(seed, n, words, t, extra):
+    rng = np.random.default_rng(seed)
+    bits = rng.random((n, 64 * words)) < 0.9  # biased bits: near pairs and exact duplicates
+    h = np.packbits(bits, axis=1, bitorder="little").view(np.uint64).reshape(n, words)
+    pairs, dist = _pairs_of_all_tables(h, t, max(t + extra, words))
+    ref_pairs, ref_d = brute_pairs(h, t)
+    np.testing.assert_array_equal(pairs, ref_pairs)
+    np.testing.assert_array_equal(dist, ref_d)
+
+
+def test_block_table_pairs_split_by_key_is_the_same():
+    # what a shuffle does: rows of one table split by the value of their key bits, each part
+    # searched alone, give the table's pairs (rows with equal keys never straddle parts)
+    rng = np.random.default_rng(5)
+    h = clustered(rng, 300, 1, flips=2, dup_frac=0.5)[:, 0]
+    for tab in block_tables(5, 3):
+        whole = block_table_pairs(h, 3, tab)
+        part = ((h & tab.key[0]) % np.uint64(7)).astype(np.int64)
+        got = []
+        for p in range(7):
+            rows = np.flatnonzero(part == p)
+            local = block_table_pairs(h[rows], 3, tab).pairs
+            got.extend(map(tuple, rows[local].tolist()))
+        assert sorted(got) == [tuple(x) for x in whole.pairs.tolist()]
+
+
+def test_block_tables_shape_and_order():
+    tabs = block_tables(4, 2)
+    assert len(tabs) == 6 and all(isinstance(t, BlockTable) for t in tabs)
+    m = block_masks(4)[:, 0]
+    # lexicographic k-subsets: (0,1) (0,2) (0,3) (1,2) (1,3) (2,3)
+    assert [int(t.key[0]) for t in tabs] == [int(m[a] | m[b]) for a, b in
+                                             [(0, 1), (0, 2), (0, 3), (1, 2), (1, 3), (2, 3)]]
+    assert [sorted(int(x) for x in t.below[:, 0]) for t in tabs] == [
+        [], [int(m[1])], sorted([int(m[1]), int(m[2])]), [int(m[0])], sorted([int(m[0]), int(m[2])]),
+        sorted([int(m[0]), int(m[1])])]
+    (only,) = block_tables(3, 3)  # k = 0: one table, every pair in one bucket
+    assert int(only.key[0]) == 0 and len(only.below) == 0
+
+
+@pytest.mark.parametrize("call, match", [
+    (lambda: block_masks(0), r"n_blocks must be an integer in \[1, 64\].*got 0"),
+    (lambda: block_masks(65), r"n_blocks must be an integer in \[1, 64\].*got 65"),
+    (lambda: block_masks(3, 4), r"n_blocks must be an integer in \[4, 256\].*got 3"),
+    (lambda: block_masks(4, 0), r"words must be an integer >= 1.*got 0"),
+    (lambda: block_tables(3, 4), r"n_blocks must be an integer in \[4, 64\].*got 3"),
+    (lambda: block_tables(64, 20), rf"C\(64, 44\).*MAX_TABLES={MAX_TABLES}"),
+    (lambda: block_tables(8, 65), r"threshold must be in \[0, 64\]"),
+    (lambda: block_tables(8, 2, words=True), r"words must be an integer"),
+    (lambda: block_table_pairs(H64, 1, (np.zeros(2, np.uint64), np.zeros((0, 1), np.uint64))),
+     r"table.key must be \(1,\) uint64"),
+    (lambda: block_table_pairs(H64, 1, (np.zeros(1, np.uint64), np.zeros((0, 4), np.uint64))),
+     r"table.below must be \(L, 1\) uint64"),
+    (lambda: block_table_pairs(H64, 1, "table"), r"table must be a BlockTable"),
+    (lambda: block_table_pairs(H64.astype(np.int64), 1, block_tables(2, 1)[0]), r"hashes must have dtype uint64"),
+    (lambda: block_table_pairs(H256, 1, block_tables(2, 1)[0]), r"table.key must be \(4,\) uint64"),
+])
+def test_block_table_validation(call, match):
+    with pytest.raises(ValueError, match=match):
+        call()

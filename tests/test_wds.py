@@ -9,6 +9,7 @@ from __future__ import annotations
 import collections
 import hashlib
 import io
+import json
 import os
 import pickle
 import shutil
@@ -118,7 +119,7 @@ def test_filter_drops_exactly_the_plan_and_keeps_order(corpus):
     drop = set(plan.dropped())
     assert got == [x for x in full if x not in drop]
     assert collections.Counter(got) == _kept(plan)
-    assert (f.n_seen, f.n_dropped) == (plan.n, plan.n_dropped)
+    assert (f.n_seen, f.n_dropped) == (plan.n, plan.n_removed)
 
 
 def test_filter_as_datapipeline_stage_before_decode(corpus):
@@ -195,10 +196,70 @@ def test_filter_matches_moved_shards_by_name(corpus, tmp_path):
 def test_plan_file_round_trip(corpus):
     d, urls, plan = corpus
     back = ShardPlan.load(plan.path)
-    for name in ("shard_offsets", "key_blob", "key_offsets", "status", "drop", "representative", "hashes"):
-        assert np.array_equal(getattr(back, name), getattr(plan, name))
+    for name in ("shard_offsets", "key_blob", "key_offsets", "has_image", "status", "drop", "representative",
+                 "hashes"):
+        assert np.array_equal(getattr(back, name), getattr(plan, name)), name
+    for name in ("keep", "failed", "group", "distance_to_rep"):
+        assert np.array_equal(getattr(back.plan, name), getattr(plan.plan, name)), name
     assert back.shards == plan.shards and back.settings == plan.settings
+    assert back.summary == plan.summary and back.path == str(plan.path)
     assert list(back.kept()) == list(plan.kept())
+    again = back.save(d / "again.tdplan")  # a loaded plan saves to the same content
+    assert ShardPlan.load(again).summary == plan.summary
+
+
+def test_shard_plan_file_is_a_dedup_plan_file(corpus):
+    from torch_dedup.plan import DedupPlan
+
+    d, urls, plan = corpus
+    dp = DedupPlan.load(plan.path)  # an indexed shard reader needs nothing but this
+    assert dp.n == plan.n and np.array_equal(dp.keep, plan.plan.keep)
+    assert np.array_equal(dp.kept_indices, np.flatnonzero(plan.status == STATUS_KEPT))
+    assert np.all(dp.failed[plan.status == STATUS_NO_IMAGE])  # image-less samples are not sampled
+    assert plan.as_dedup_plan() is plan.plan  # the stored plan, not a recomputation
+    _, meta, arrays = DedupPlan.load_with_extras(plan.path)
+    assert meta["shard_plan_version"] == 2 and [s["url"] for s in meta["shards"]] == urls
+    assert set(arrays) == {"shard_offsets", "key_blob", "key_offsets", "has_image", "hashes"}
+
+
+def test_n_removed_is_what_the_filter_drops(corpus):
+    d, urls, plan = corpus
+    full = _stream_ids(wds.WebDataset(urls, shardshuffle=False))
+    f = dedup_filter(plan.path)
+    passed = _stream_ids(wds.WebDataset(urls, shardshuffle=False).compose(f))
+    assert len(full) - len(passed) == f.n_dropped == plan.n_removed > 0
+    assert plan.summary["n_removed"] == plan.summary["n_dropped"] == plan.n_removed
+    assert plan.summary["n_kept"] == plan.n_kept == len(passed)
+    # the DedupPlan's own count also holds the image-less samples the filter passes
+    assert plan.plan.n_removed == plan.n_removed + plan.summary["n_no_image"]
+    json.dumps(plan.summary)
+
+
+def test_n_dropped_is_a_deprecated_alias(corpus):
+    d, urls, plan = corpus
+    with pytest.warns(DeprecationWarning, match="n_removed"):
+        assert plan.n_dropped == plan.n_removed
+
+
+def test_repeated_key_finder_matches_a_naive_reference():
+    from torch_dedup._store import pack_strings
+    from torch_dedup.wds.shard_plan import _repeated_keys
+
+    rng = np.random.default_rng(0)
+    for trial in range(30):
+        sizes = rng.integers(0, 12, size=rng.integers(1, 6))
+        offsets = np.concatenate([[0], np.cumsum(sizes)]).astype(np.int64)
+        # a tiny alphabet and short keys (the empty key included) force repeats
+        keys = ["".join(rng.choice(list("abé"), size=rng.integers(0, 3))) for _ in range(int(offsets[-1]))]
+        blob, key_offsets = pack_strings(keys)
+        want = []
+        for s in range(len(sizes)):
+            where = collections.defaultdict(list)
+            for i in range(int(offsets[s]), int(offsets[s + 1])):
+                where[keys[i]].append(i)
+            want += [(s, k, v) for k, v in where.items() if len(v) > 1]
+        got = [(s, k, idx.tolist()) for s, k, idx in _repeated_keys(blob, key_offsets, offsets)]
+        assert got == sorted(want, key=lambda g: g[2][0]), trial
 
 
 # --------------------------------------------------------------------------- rewrite
@@ -223,7 +284,7 @@ def test_rewrite_round_trip_byte_identical(corpus, tmp_path):
         assert len(samples) <= 25 and len({s.key for s in samples}) == len(samples)
         for s in samples:
             got[(s.key, tuple(sorted((st, data) for st, data in s.files.values())))] += 1
-    assert got == want and res.n_written == plan.n_kept and res.n_dropped == plan.n_dropped
+    assert got == want and res.n_written == plan.n_kept and res.n_dropped == plan.n_removed
     # the new shards' sidecars are valid and hold the same hashes a fresh hashing gives
     h = hash_shards(res.shards, workers=0, progress=False)
     assert h.cached == res.shards
@@ -231,7 +292,7 @@ def test_rewrite_round_trip_byte_identical(corpus, tmp_path):
     for a, b in zip(h.sidecars, fresh.sidecars):
         assert a.keys == b.keys and np.array_equal(a.hashes, b.hashes) and np.array_equal(a.has_image, b.has_image)
     # and a plan over the rewritten shards drops nothing more
-    assert plan_shards(res.shards, THRESHOLD, workers=0, progress=False).n_dropped == 0
+    assert plan_shards(res.shards, THRESHOLD, workers=0, progress=False).n_removed == 0
 
 
 def test_rewrite_refuses_source_folder_and_existing_output(corpus, tmp_path):

@@ -35,7 +35,7 @@ def test_parser_harness_hash_plan_rewrite(tmp_path):
     rc, lines = _run(["wds", "plan", spec, "--out", str(tmp_path / "p.tdplan"), "--drop-list",
                       str(tmp_path / "drop.tsv"), "--workers", "0"])
     plan = ShardPlan.load(tmp_path / "p.tdplan")
-    assert rc == 0 and f"dropping {plan.n_dropped}" in lines[0]
+    assert rc == 0 and f"dropping {plan.n_removed}" in lines[0]
     assert (tmp_path / "drop.tsv").read_text().splitlines() == [f"{u}\t{k}" for u, k in plan.dropped()]
     rc, lines = _run(["wds", "rewrite", "--plan", str(tmp_path / "p.tdplan"), "--out", str(tmp_path / "o"),
                       "--maxcount", "10"])

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import collections
 import io
 import os
 import tarfile
@@ -133,6 +134,85 @@ def test_corrupt_plan_file_is_refused(tmp_path):
         dedup_filter(path)
 
 
+def _old_format_plan(plan, path) -> None:
+    """What torch_dedup 0.1 wrote: a store file of its own kind, "shard-plan"."""
+    from torch_dedup._store import write_store
+
+    meta = {"shard_plan_version": 1, "settings": plan.settings, "summary": plan.summary, "shards": list(plan.shards)}
+    arrays = {"shard_offsets": plan.shard_offsets, "key_blob": plan.key_blob, "key_offsets": plan.key_offsets,
+              "status": plan.status, "drop": plan.drop, "representative": plan.representative, "hashes": plan.hashes}
+    write_store(path, "shard-plan", meta, arrays)
+
+
+def test_old_shard_plan_files_and_dataset_plans_are_refused(tmp_path):
+    from torch_dedup.hamming.cluster import find_duplicates
+
+    urls = make_demo_shards(tmp_path / "s", n_shards=2, per_shard=6, seed=8)
+    plan = plan_shards(urls, 6, workers=0, progress=False)
+    old, other = tmp_path / "old.tdplan", tmp_path / "dataset.tdplan"
+    _old_format_plan(plan, old)
+    find_duplicates(np.arange(5, dtype=np.uint64), threshold=0).save(other)
+    for path, needle in ((old, "older torch_dedup"), (other, "not a shard plan")):
+        for use in (ShardPlan.load, dedup_filter, lambda p: rewrite_shards(p, tmp_path / "o")):
+            with pytest.raises(PlanError, match=needle) as info:
+                use(path)
+            assert str(path) in str(info.value) and "torch-dedup wds plan" in str(info.value)
+    assert not (tmp_path / "o").exists()
+
+
+def _resave(plan, path, **changes) -> None:
+    """Save ``plan`` with some shard extras replaced, as a damaged or hand-edited file would hold them."""
+    meta = {"shard_plan_version": 2, "shards": list(plan.shards), "shard_errors": []}
+    arrays = {k: getattr(plan, k) for k in ("shard_offsets", "key_blob", "key_offsets", "has_image", "hashes")}
+    for k, v in changes.items():
+        (meta if k in meta else arrays)[k] = v
+    for k in [k for k, v in arrays.items() if v is None]:
+        del arrays[k]
+    plan.plan.save(path, extra_meta=meta, extra_arrays=arrays)
+
+
+def test_inconsistent_shard_extras_are_refused(tmp_path):
+    urls = make_demo_shards(tmp_path / "s", n_shards=2, per_shard=10, dup_fraction=0.5, no_image_every=4, seed=3)
+    plan = plan_shards(urls, 6, workers=0, progress=False)
+    assert plan.n_removed > 0 and plan.summary["n_no_image"] > 0
+    other_hashes = plan.hashes.copy()
+    other_hashes[plan.plan.removed_indices[0]] ^= np.uint64(0xFFFF)
+    shards = [dict(sh) for sh in plan.shards]
+    shards[0]["n"] += 1
+    cases = {
+        "hashes": {"hashes": other_hashes},                       # hashes of another plan
+        "has_image": {"has_image": np.zeros(plan.n, bool)},        # image-less samples the plan keeps
+        "shards": {"shards": shards},                              # a shard table that does not add up
+        "missing": {"key_blob": None},                             # an extra array gone
+        "version": {"shard_plan_version": 3},
+    }
+    for name, change in cases.items():
+        path = tmp_path / f"{name}.tdplan"
+        _resave(plan, path, **change)
+        with pytest.raises(PlanError, match="torch-dedup wds plan") as info:
+            ShardPlan.load(path)
+        assert str(path) in str(info.value), name
+    _resave(plan, tmp_path / "same.tdplan")  # the control: unchanged extras load
+    assert np.array_equal(ShardPlan.load(tmp_path / "same.tdplan").drop, plan.drop)
+
+
+def test_repeated_keys_in_one_shard_are_kept_and_counted(tmp_path):
+    src = make_demo_shards(tmp_path / "src", n_shards=2, per_shard=8, dup_fraction=0.5, seed=7)
+    # the second shard's samples reuse the first one's keys: every key appears twice in the merged shard
+    members = [(f"{s.key}.{st}", data) for u in src for s in iter_tar_samples(u) for st, data in s.files.values()]
+    url = _write_tar(tmp_path / "merged.tar", members)
+    plan = plan_shards([url], 0, workers=0, progress=False)
+    assert plan.summary["n_ambiguous_keys"] == len(plan.ambiguous_keys) > 0
+    spared = [i for s, key, _ in plan.ambiguous_keys for i, k in enumerate(plan.shard_keys(0)) if k == key]
+    assert not plan.drop[spared].any() and plan.plan.removed_indices.size > plan.n_removed
+    f = dedup_filter(plan)
+    got = [(x["__url__"], x["__key__"]) for x in wds.WebDataset([url], shardshuffle=False).compose(f)]
+    # the copies are not neighbours, so the stream yields each; a key goes only when all its copies go
+    assert f.n_dropped == plan.n_removed > 0 and len(got) == plan.n_kept
+    assert collections.Counter(got) == collections.Counter(plan.kept())
+    assert ShardPlan.load(plan.save(tmp_path / "p.tdplan")).ambiguous_keys == plan.ambiguous_keys
+
+
 def test_hostile_member_names_never_leave_the_output_folder(tmp_path):
     ok = make_demo_shards(tmp_path / "src", n_shards=1, per_shard=2, seed=10)[0]
     members = [(f"{s.key}.{st}", data) for s in iter_tar_samples(ok) for st, data in s.files.values()]
@@ -164,4 +244,4 @@ def test_bad_arguments_name_the_argument(tmp_path):
         dedup_filter(plan, unknown="ignore")
     with pytest.raises(ValueError, match="maxcount"):
         rewrite_shards(plan, tmp_path / "o", maxcount=0)
-    assert np.all(plan.drop == 0) or plan.n_dropped <= 1
+    assert np.all(plan.drop == 0) or plan.n_removed <= 1

@@ -14,8 +14,10 @@ from .errors import DedupError, EmptyDedupError, ImageDecodeError, PlanError, Si
 from .hamming import (ClassSweep, HammingPairs, find_duplicates, hamming_distance, hamming_pairs,
                       sweep_thresholds, sweep_thresholds_by_class, unique_hashes, unique_pairs)
 from .hashing import METHODS, HashResult, from_hex, hash_array, hash_bits, hash_images, to_hex
-from .index import DatasetHashes, hash_dataset, plan_dataset, plan_from_hashes
+from .dataset_hashes import DatasetHashes, hash_dataset
+from .options import DedupOptions
 from .plan import DedupPlan
+from .planning import plan_dataset, plan_from_hashes
 from .embedded import SampleDataset, load_sample
 from .sampler import DedupSampler
 from .sources import ImageSource, source_of
@@ -27,6 +29,7 @@ __all__ = [
     "DatasetHashes",
     "DedupDataset",
     "DedupError",
+    "DedupOptions",
     "DedupPlan",
     "DedupSampler",
     "EmptyDedupError",

@@ -17,7 +17,8 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset
 
-from .distributed import PlanOptions, resolve_plan
+from .options import DedupOptions, options_from
+from .planning import resolve_plan
 from .errors import DedupError
 
 __all__ = ["DedupDataset"]
@@ -45,6 +46,10 @@ class DedupDataset(Dataset):
         on_error: ``"raise"`` or ``"skip"`` for undecodable images.
         fingerprint: a string identifying the data, needed to cache the hashes of datasets
             read through ``image_fn`` or ``ds[i]`` (they have no cheap automatic fingerprint).
+        workers: decode processes for image files (``None``: automatic, in-process for
+            small datasets; under DDP this node's cores divided among its ranks).
+        options: all the dedup settings above as one :class:`~torch_dedup.options.DedupOptions`
+            (then leave the individual settings at their defaults).
         plan: a ready :class:`~torch_dedup.plan.DedupPlan` or the path of a saved one.
         progress: show a progress bar while hashing.
 
@@ -66,11 +71,12 @@ class DedupDataset(Dataset):
     def __init__(self, ds, threshold: int = 6, *, method: str = "phash", hash_size: int = 8,
                  policy: str = "greedy", per_class: bool = False, labels=None, priority=None,
                  against=None, image_fn=None, cache_dir: str | os.PathLike | None = None,
-                 on_error: str = "raise", fingerprint: str | None = None, plan=None, progress: bool = True) -> None:
-        options = PlanOptions(threshold=threshold, method=method, hash_size=hash_size, policy=policy,
-                              per_class=per_class, labels=labels, priority=priority, against=against,
-                              image_fn=image_fn, cache_dir=cache_dir, on_error=on_error,
-                              progress=progress, fingerprint=fingerprint)
+                 on_error: str = "raise", fingerprint: str | None = None, workers: int | None = None,
+                 options: DedupOptions | None = None, plan=None, progress: bool = True) -> None:
+        given = dict(threshold=threshold, method=method, hash_size=hash_size, policy=policy, per_class=per_class,
+                     labels=labels, priority=priority, against=against, image_fn=image_fn, cache_dir=cache_dir,
+                     on_error=on_error, progress=progress, fingerprint=fingerprint, workers=workers)
+        options = options_from(options, given, type(self).__name__)
         resolved = resolve_plan(ds, options, plan=plan, owner=type(self).__name__)
         self.dataset = ds
         self._plan = resolved.plan

@@ -26,7 +26,7 @@ from torch import nn
 from torch.utils.data import DataLoader, SubsetRandomSampler
 
 from .hamming.cluster import sweep_thresholds
-from .index import hash_dataset
+from .dataset_hashes import hash_dataset
 from .embedded import SampleDataset
 from .sampler import DedupSampler
 

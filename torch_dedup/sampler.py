@@ -1,7 +1,7 @@
 """DedupSampler: a drop-in sampler over the items a :class:`~torch_dedup.plan.DedupPlan` keeps.
 
 The sampler hashes nothing itself: it obtains a plan once (computed, read from a sidecar,
-or loaded from a saved plan file; see :mod:`torch_dedup.distributed`) and then behaves
+or loaded from a saved plan file; see :func:`torch_dedup.planning.plan_dataset`) and then behaves
 exactly like :class:`torch.utils.data.DistributedSampler` over a dataset of ``len(kept)``
 items, mapped through ``plan.kept_indices``. With one replica that is a seeded
 ``RandomSampler`` (or dataset order with ``shuffle=False``).
@@ -28,7 +28,8 @@ import torch
 import torch.distributed as dist
 from torch.utils.data import Sampler
 
-from .distributed import PlanOptions, resolve_plan
+from .options import DedupOptions, options_from
+from .planning import resolve_plan
 from .errors import DedupError, EmptyDedupError
 
 __all__ = ["DedupSampler"]
@@ -102,6 +103,10 @@ class DedupSampler(Sampler[int]):
         on_error: ``"raise"`` or ``"skip"`` for undecodable images.
         fingerprint: a string identifying the data, needed to cache the hashes of datasets
             read through ``image_fn`` or ``ds[i]`` (they have no cheap automatic fingerprint).
+        workers: decode processes for image files (``None``: automatic, in-process for
+            small datasets; under DDP this node's cores divided among its ranks).
+        options: all the dedup settings above as one :class:`~torch_dedup.options.DedupOptions`
+            (then leave the individual settings at their defaults).
         shuffle: shuffle the kept indices every epoch (``False``: dataset order).
         seed: base seed; epoch ``e`` uses ``seed + e``. Must be the same on every rank.
         num_replicas: number of processes (default: the world size when distributed, else 1).
@@ -131,17 +136,18 @@ class DedupSampler(Sampler[int]):
     def __init__(self, ds, threshold: int = 6, *, method: str = "phash", hash_size: int = 8,
                  policy: str = "greedy", per_class: bool = False, labels=None, priority=None,
                  against=None, image_fn=None, cache_dir: str | os.PathLike | None = None,
-                 on_error: str = "raise", fingerprint: str | None = None, shuffle: bool = True, seed: int = 0,
+                 on_error: str = "raise", fingerprint: str | None = None, workers: int | None = None,
+                 options: DedupOptions | None = None, shuffle: bool = True, seed: int = 0,
                  num_replicas: int | None = None, rank: int | None = None, drop_last: bool = False,
                  plan=None, progress: bool = True) -> None:
         # Validate the cheap arguments before any hashing starts.
         num_replicas, rank = _replicas_and_rank(num_replicas, rank)
         if isinstance(seed, bool) or not isinstance(seed, (int, np.integer)):
             raise ValueError(f"seed={seed!r} must be an int (the same on every rank).")
-        options = PlanOptions(threshold=threshold, method=method, hash_size=hash_size, policy=policy,
-                              per_class=per_class, labels=labels, priority=priority, against=against,
-                              image_fn=image_fn, cache_dir=cache_dir, on_error=on_error,
-                              progress=progress, fingerprint=fingerprint)
+        given = dict(threshold=threshold, method=method, hash_size=hash_size, policy=policy, per_class=per_class,
+                     labels=labels, priority=priority, against=against, image_fn=image_fn, cache_dir=cache_dir,
+                     on_error=on_error, progress=progress, fingerprint=fingerprint, workers=workers)
+        options = options_from(options, given, type(self).__name__)
         resolved = resolve_plan(ds, options, plan=plan, owner=type(self).__name__)
         self._plan = resolved.plan
         self._kept = np.ascontiguousarray(resolved.plan.kept_indices, dtype=np.int64)

@@ -14,6 +14,8 @@ from ._options import (
     hash_target,
     label_name,
     open_cli_target,
+    options_from_args,
+    plan_target,
     write_index_list,
 )
 
@@ -62,12 +64,10 @@ def cmd_hash(args, out) -> int:
 
 
 def cmd_scan(args, out) -> int:
-    from ..index import plan_from_hashes
     if args.top < 0:
         raise ValueError(f"--top {args.top}: must be >= 0")
     target = open_cli_target(args.target)
-    h = hash_target(args, target)
-    plan = plan_from_hashes(h, args.threshold, policy=args.policy, per_class=args.per_class)
+    plan = plan_target(args, target)
     if args.plan_out:
         plan.save(args.plan_out)
     if args.keep_list:
@@ -117,15 +117,17 @@ def _item(i: int, target) -> str:
 
 
 def cmd_sweep(args, out) -> int:
-    from ..hamming.cluster import sweep_thresholds
-    from ..index import check_labels
+    bits = options_from_args(args).bits
+    if not 0 <= args.max_threshold <= bits:
+        raise ValueError(f"--max-threshold {args.max_threshold}: must be in [0, {bits}] for {bits}-bit hashes")
     target = open_cli_target(args.target)
-    h = hash_target(args, target)
-    labels = check_labels(h.labels, len(h), args.per_class, args.target)
     policies = ("greedy", "components") if args.policy == "both" else (args.policy,)
-    n = int(h.valid.sum())
-    kept = {p: sweep_thresholds(h.hashes, args.max_threshold, policy=p, labels=labels, per_class=args.per_class,
-                                valid=h.valid) for p in policies}
+    # one plan per policy, each recording the kept count at every threshold 0..T from one search
+    plans = {p: plan_target(args, target, threshold=args.max_threshold, sweep_max=args.max_threshold, policy=p)
+             for p in policies}
+    any_plan = plans[policies[0]]
+    n = any_plan.n - int(any_plan.failed.sum())
+    kept = {p: plan.sweep for p, plan in plans.items()}
     if args.plot:
         _plot(kept, n, args.plot, args.target)
     by_policy = {p: [{"threshold": t, "kept": int(k), "removed_pct": round(100 * (1 - k / n), 3) if n else 0.0}

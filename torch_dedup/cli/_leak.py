@@ -19,6 +19,7 @@ from ._options import (
     label_name,
     open_cli_target,
     open_out,
+    plan_target,
     write_index_list,
 )
 
@@ -38,7 +39,8 @@ def register(sub) -> None:
                         "across devices) under their class folders; arrays go to DIR/train.npz")
     p.add_argument("--copy", action="store_true", help="with --write-clean: copy files instead of hard-linking")
     p.add_argument("--dedup", action="store_true",
-                   help="the clean split also drops near-duplicates within TRAIN (--threshold, --policy)")
+                   help="the clean split also drops near-duplicates within TRAIN (--threshold, --policy, "
+                        "--per-class); labels never restrict which pairs count as leaks")
     p.add_argument("--top", type=int, default=5, help="pairs to show in the text summary (default 5)")
     p.set_defaults(func=cmd_leak)
 
@@ -55,66 +57,50 @@ def _check_args(args) -> None:
         raise ValueError(f"--write-clean {args.write_clean}: exists and is not an empty folder; pick a new one")
 
 
-def leak_pairs(train_h, test_h, threshold: int, per_class: bool = False) -> np.ndarray:
-    """``(P, 3) int64`` rows ``(test index, train index, distance)`` of every near-duplicate pair.
-
-    Items that failed to hash take no part; with ``per_class`` only same-label pairs count.
-    Sorted by test index, then train index.
-    """
-    from ..hamming.search import hamming_pairs
-    tv, sv = np.flatnonzero(train_h.valid), np.flatnonzero(test_h.valid)
-    r = hamming_pairs(test_h.hashes[sv], threshold, other=train_h.hashes[tv])
-    rows = np.stack([sv[r.pairs[:, 0]], tv[r.pairs[:, 1]], r.distances.astype(np.int64)], axis=1).reshape(-1, 3)
-    if per_class:
-        if train_h.labels is None or test_h.labels is None:
-            raise ValueError("--per-class needs labels on both TRAIN and TEST; one of them has none")
-        rows = rows[train_h.labels[rows[:, 1]] == test_h.labels[rows[:, 0]]]
-    return rows.astype(np.int64)
-
-
 def cmd_leak(args, out) -> int:
-    from ..hamming.cluster import find_duplicates
     _check_args(args)
     train, test = open_cli_target(args.train), open_cli_target(args.test)
-    train_h, test_h = hash_target(args, train), hash_target(args, test)
-    rows = leak_pairs(train_h, test_h, args.threshold, args.per_class)
+    test_h = hash_target(args, test)
+    # The leak check is a plan of TRAIN with against=TEST, exactly what DedupSampler(train,
+    # against=test) follows: the same removed set, and labels never restrict a leak.
+    plan = plan_target(args, train, against=test_h, leak_pairs=True)
+    test_rows = np.flatnonzero(test_h.valid)  # plan rows of `against` -> test item indices
+    lp = plan.leak_pairs
+    rows = np.stack([test_rows[lp[:, 1]], lp[:, 0], lp[:, 2]], axis=1).reshape(-1, 3).astype(np.int64)
+    rows = rows[np.lexsort((rows[:, 1], rows[:, 0]))]
     contaminated = np.unique(rows[:, 0])
-    leaked_train = np.unique(rows[:, 1])
+    leaked_train = np.flatnonzero(plan.leaked)
     n_test = int(test_h.valid.sum())
+    n_train_valid = plan.n - int(plan.failed.sum())
     pct = 100.0 * len(contaminated) / n_test if n_test else 0.0
     exceeded = args.max_leak_pct is not None and pct > args.max_leak_pct
-
-    clean_valid = train_h.valid.copy()
-    clean_valid[leaked_train] = False
-    if args.dedup:
-        plan = find_duplicates(train_h.hashes, args.threshold, policy=args.policy, labels=train_h.labels,
-                               per_class=args.per_class, valid=clean_valid)
-        clean = plan.kept_indices
-    else:
-        clean = np.flatnonzero(clean_valid).astype(np.int64)
+    # --dedup: the plan's keep set (leaks out first, then near-duplicates within TRAIN);
+    # without it, only leaked (and unreadable) items leave the clean split
+    clean = plan.kept_indices if args.dedup else np.flatnonzero(~(plan.leaked | plan.failed)).astype(np.int64)
+    train_labels = plan.labels
 
     if args.csv:
-        _write_pairs(args.csv, rows, train, test, train_h.labels, test_h.labels)
+        _write_pairs(args.csv, rows, train, test, train_labels, test_h.labels)
     if args.keep_list:
-        write_index_list(args.keep_list, clean, train, train_h.labels)
-    written = _write_clean(args.write_clean, clean, train, train_h.labels, args.copy) if args.write_clean else None
+        write_index_list(args.keep_list, clean, train, train_labels)
+    written = _write_clean(args.write_clean, clean, train, train_labels, args.copy) if args.write_clean else None
 
     if args.json:
         emit_json({"threshold": args.threshold, "per_class": args.per_class,
-                   "n_train": len(train_h), "n_test": len(test_h), "n_train_valid": int(train_h.valid.sum()),
+                   "n_train": plan.n, "n_test": len(test_h), "n_train_valid": n_train_valid,
                    "n_test_valid": n_test, "n_pairs": len(rows), "contaminated_test": len(contaminated),
                    "leak_pct": round(pct, 6), "leaked_train": len(leaked_train), "n_clean": len(clean),
                    "max_leak_pct": args.max_leak_pct, "gate_exceeded": exceeded,
                    "pairs": rows.tolist() if args.csv != "-" else None, "write_clean": written})
     else:
         out(f"{len(rows)} near-duplicate pairs within threshold {args.threshold} "
-            f"({args.method}/{args.hash_size}{', same label only' if args.per_class else ''})")
+            f"({args.method}/{args.hash_size}; labels never restrict a leak)")
         out(f"  test items with a near-duplicate in train: {len(contaminated)} of {n_test} ({pct:.2f}%)")
-        out(f"  train items near a test item: {len(leaked_train)} of {int(train_h.valid.sum())}; "
+        out(f"  train items near a test item: {len(leaked_train)} of {n_train_valid}; "
             f"clean training split: {len(clean)} items" + (" (also deduplicated)" if args.dedup else ""))
         closest = rows[np.lexsort((rows[:, 1], rows[:, 0], rows[:, 2]))[:args.top]]
         for t_i, r_i, d in closest.tolist():
-            out(f"  test {_describe(t_i, test, test_h.labels)} ~ train {_describe(r_i, train, train_h.labels)}"
+            out(f"  test {_describe(t_i, test, test_h.labels)} ~ train {_describe(r_i, train, train_labels)}"
                 f"  d={d}")
         if len(rows) > args.top:
             out(f"  ... {len(rows) - args.top} more" + ("" if args.csv else " (--csv FILE lists them all)"))

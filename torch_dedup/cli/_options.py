@@ -13,7 +13,8 @@ from typing import Any
 
 import numpy as np
 
-from ..hashing.api import METHODS
+from .._checks import HASH_METHODS as METHODS
+from ..options import DedupOptions
 from ..plan import POLICIES
 
 #: Exit codes of ``torch-dedup`` (documented in docs/cli.md).
@@ -84,12 +85,38 @@ def open_cli_target(spec: str) -> Target:
     return Target(spec, ds, src, paths, class_names_of(ds))
 
 
+def options_from_args(args, **changes) -> DedupOptions:
+    """The :class:`~torch_dedup.options.DedupOptions` of the command-line settings (validated once).
+
+    Args:
+        args: the parsed arguments of a data subcommand.
+        **changes: settings that override or add to them (e.g. ``sweep_max``, ``against``).
+    """
+    given = {"method": args.method, "hash_size": args.hash_size, "cache_dir": args.cache_dir,
+             "on_error": args.on_error, "workers": args.workers,
+             "progress": not (args.no_progress or args.quiet), "refresh": getattr(args, "refresh", False)}
+    if getattr(args, "threshold", None) is not None:
+        given["threshold"] = args.threshold
+    if getattr(args, "policy", None) not in (None, "both"):
+        given["policy"] = args.policy
+    if hasattr(args, "per_class"):
+        given["per_class"] = args.per_class
+    return DedupOptions(**{**given, **changes})
+
+
 def hash_target(args, target: Target):
     """Hash (or read the sidecar of) a target with the command-line settings."""
-    from ..index import hash_dataset
-    return hash_dataset(target.ds, args.method, args.hash_size, cache_dir=args.cache_dir, on_error=args.on_error,
-                        workers=args.workers, progress=not (args.no_progress or args.quiet),
-                        refresh=getattr(args, "refresh", False))
+    from ..dataset_hashes import hash_dataset_with
+    return hash_dataset_with(target.ds, options_from_args(args))
+
+
+def plan_target(args, target: Target, **changes):
+    """The :class:`~torch_dedup.plan.DedupPlan` of a target with the command-line settings.
+
+    The command line is one process: it never joins a ``torch.distributed`` collective.
+    """
+    from ..planning import plan_with
+    return plan_with(target.ds, options_from_args(args, **changes), distributed=False)
 
 
 def label_name(label: int | None, class_names: list[str] | None) -> str:

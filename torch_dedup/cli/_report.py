@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from ._options import EXIT_OK, add_plan_options, emit_json, hash_target, open_cli_target
+from ._options import EXIT_OK, add_plan_options, emit_json, open_cli_target, plan_target
 
 
 def register(sub) -> None:
@@ -34,9 +34,7 @@ def cmd_report(args, out) -> int:
         plan = DedupPlan.load(args.plan)
         plan.check_compatible(target.source.n, target.source.fingerprint)
     else:
-        from ..index import plan_from_hashes
-        plan = plan_from_hashes(hash_target(args, target), args.threshold, policy=args.policy,
-                                per_class=args.per_class)
+        plan = plan_target(args, target)
     title = f"torch_dedup: {args.target}"
     pages = write_html_report(plan, target.image_of, args.out, paths=target.paths, class_names=target.class_names,
                               max_groups=args.max_groups, max_members=args.max_members,

@@ -145,7 +145,7 @@ def _cmd_plan(args, out) -> int:
         print(json.dumps({**s, "plan": plan.path}))
         return 0
     out(f"{s['n']} samples in {s['n_shards']} shards, threshold {args.threshold} ({args.policy}): dropping "
-        f"{s['n_dropped']} ({100 * s['ratio']:.1f}%): {s['n_duplicates']} near-duplicates, {s['n_failed']} failed; "
+        f"{s['n_removed']} ({100 * s['ratio']:.1f}%): {s['n_duplicates']} near-duplicates, {s['n_failed']} failed; "
         f"{s['n_no_image']} samples without an image pass")
     for g in s["largest_groups"][:5]:
         out(f"  group of {g['size']}: keeps {g['kept'][0]} {g['kept'][1]}")

@@ -8,16 +8,21 @@ hash in one process. Past one node the same pigeonhole argument becomes a shuffl
    k-subsets ``c`` of blocks (``k = n - t``), route every distinct value to partition
    ``mix(c, value & key_c) % P``; two values within ``t`` agree on the key bits of at
    least one ``c``, so they meet in at least one partition;
-3. **verify**: each partition task sorts its rows by ``(c, key)`` and popcounts the pairs
-   inside each equal-key run, keeping a pair only in the table that *owns* it (the
+3. **verify**: each partition task runs, per table ``c``, the single-node engine's own
+   per-table search (:func:`torch_dedup.hamming.block_table_pairs`: the numba bucket sort
+   and verify kernels) on its rows of that table. Rows with equal key bits always land
+   in one partition, and a pair is reported only by the table that *owns* it (the
    lexicographically first k-subset of its identical blocks), so the union needs no dedup;
 4. **components**: union the pairs and label connected components by min-label
    propagation with pointer jumping (the shape of Kiveris et al. 2014, "Connected
    Components in MapReduce and Beyond"), keep the first item of each component.
 
-``policy="greedy"`` is order dependent: it needs the pairs of a component gathered in
-priority order (here: all pairs on the driver), which is what :func:`distributed_plan`
-does for it; see ``docs/scaling.md`` for why components is the natural distributed policy.
+The tables themselves come from :func:`torch_dedup.hamming.block_tables`, the same
+definition the single-node index uses. ``policy="greedy"`` is order dependent: it
+needs the pairs of a component gathered in priority order (here: all pairs on the
+driver), where :func:`torch_dedup.hamming.keep_from_pairs` runs the single-node greedy
+kernel on them; see ``docs/scaling.md`` for why components is the natural distributed
+policy, and ``docs/engine.md`` for why routing and components stay numpy here.
 
 :func:`distributed_plan` must return the same keep mask and representatives as
 ``find_duplicates`` on one node; ``tests/test_ray.py`` and ``benchmarks/bench_scale.py``
@@ -27,12 +32,17 @@ check it.
 from __future__ import annotations
 
 import logging
-import math
-from itertools import combinations
+import numbers
 
 import numpy as np
 
-from torch_dedup.hamming.search import _block_masks, unique_hashes
+from torch_dedup.hamming import (
+    BlockTable,
+    block_table_pairs,
+    block_tables,
+    keep_from_pairs,
+    unique_hashes,
+)
 
 from .ray import ray_session
 
@@ -43,23 +53,20 @@ logger = logging.getLogger(__name__)
 _MIX = np.uint64(0x9E3779B97F4A7C15)
 
 
-def _tables(n_blocks: int, t: int) -> list[tuple[np.uint64, np.ndarray]]:
-    """Per k-subset: (key mask, masks of the blocks below its last block that are not in it)."""
-    masks = _block_masks(n_blocks, 1)[:, 0]
-    out = []
-    for combo in combinations(range(n_blocks), n_blocks - t):
-        key = np.bitwise_or.reduce(masks[list(combo)]) if combo else np.uint64(0)
-        last = combo[-1] if combo else 0
-        below = np.array([masks[i] for i in range(last) if i not in combo], np.uint64)
-        out.append((np.uint64(key), below))
-    return out
+def _tables(n_blocks: int, t: int) -> list[BlockTable]:
+    """The index's tables for 64-bit values (one key word each)."""
+    return block_tables(n_blocks, t, 1)
 
 
-def _route(values: np.ndarray, ids: np.ndarray, tables, n_parts: int) -> list[list[tuple]]:
-    """Map side: ``out[p]`` = list of (table, ids, values) rows for partition ``p``."""
+def _route(values: np.ndarray, ids: np.ndarray, tables: list[BlockTable], n_parts: int) -> list[list[tuple]]:
+    """Map side: ``out[p]`` = list of (table, ids, values) rows for partition ``p``.
+
+    A partition is a hash of ``(table, key bits)``: values with equal key bits in a
+    table always go to the same partition, which is all the verify step needs.
+    """
     out: list[list[tuple]] = [[] for _ in range(n_parts)]
-    for c, (key, _) in enumerate(tables):
-        k = (values & key) ^ np.uint64(c)
+    for c, table in enumerate(tables):
+        k = (values & table.key[0]) ^ np.uint64(c)
         with np.errstate(over="ignore"):
             part = ((k * _MIX) >> np.uint64(32)) % np.uint64(n_parts)
         order = np.argsort(part, kind="stable")
@@ -71,33 +78,19 @@ def _route(values: np.ndarray, ids: np.ndarray, tables, n_parts: int) -> list[li
     return out
 
 
-def _verify_partition(rows: list[tuple], tables, t: int) -> tuple[np.ndarray, np.ndarray]:
-    """Reduce side: all owned pairs within ``t`` among rows with equal (table, key)."""
+def _verify_partition(rows: list[tuple], tables: list[BlockTable], t: int) -> tuple[np.ndarray, np.ndarray]:
+    """Reduce side: the pairs each table owns among this partition's rows of that table."""
     ii, jj = [], []
     by_table: dict[int, list[tuple]] = {}
     for c, ids, vals in rows:
         by_table.setdefault(c, []).append((ids, vals))
-    for c, parts in by_table.items():
-        key, below = tables[c]
+    for c, parts in sorted(by_table.items()):
         ids = np.concatenate([p[0] for p in parts])
         vals = np.concatenate([p[1] for p in parts])
-        order = np.lexsort((ids, vals & key))
-        ids, vals = ids[order], vals[order]
-        kv = vals & key
-        d = 1
-        while d < len(ids):
-            same = kv[d:] == kv[:-d]
-            if not same.any():
-                break  # runs are contiguous: no run is longer than d
-            a, b = np.flatnonzero(same), np.flatnonzero(same) + d
-            x = vals[a] ^ vals[b]
-            near = np.bitwise_count(x) <= t
-            if len(below):  # ownership: no identical block outside c below its last block
-                near &= ~np.any((x[:, None] & below[None, :]) == 0, axis=1)
-            a, b = ids[a[near]], ids[b[near]]
-            ii.append(np.minimum(a, b))
-            jj.append(np.maximum(a, b))
-            d += 1
+        local = block_table_pairs(vals, t, tables[c]).pairs
+        a, b = ids[local[:, 0]], ids[local[:, 1]]
+        ii.append(np.minimum(a, b))  # rows of several mappers: local order is not id order
+        jj.append(np.maximum(a, b))
     if not ii:
         return np.zeros(0, np.int64), np.zeros(0, np.int64)
     return np.concatenate(ii), np.concatenate(jj)
@@ -130,15 +123,19 @@ def distributed_pairs(values: np.ndarray, threshold: int, *, n_blocks: int | Non
     if values.dtype != np.uint64 or values.ndim != 1:
         raise ValueError(f"values must be (U,) uint64 (the simulation handles 64-bit hashes), got "
                          f"{values.dtype} {values.shape}")
-    if isinstance(threshold, bool) or not isinstance(threshold, int) or not 0 <= threshold < 64:
+    if isinstance(threshold, (bool, np.bool_)) or not isinstance(threshold, numbers.Integral) \
+            or not 0 <= threshold < 64:
         raise ValueError(f"threshold={threshold!r} must be an int in [0, 63]")
+    threshold = int(threshold)
     n_blocks = min(64, threshold + 2) if n_blocks is None else n_blocks
-    if not threshold < n_blocks <= 64 or math.comb(n_blocks, n_blocks - threshold) > 4096:
-        raise ValueError(f"n_blocks={n_blocks!r} must be in ({threshold}, 64] with at most 4096 tables")
+    if isinstance(n_blocks, (bool, np.bool_)) or not isinstance(n_blocks, numbers.Integral) \
+            or not threshold < n_blocks <= 64:
+        raise ValueError(f"n_blocks={n_blocks!r} must be an int in ({threshold}, 64]: more blocks than the "
+                         f"threshold, so that every near pair shares one table's key")
     for name, v in (("n_parts", n_parts), ("n_mappers", n_mappers)):
         if isinstance(v, bool) or not isinstance(v, int) or v < 1:
             raise ValueError(f"{name}={v!r} must be an int >= 1")
-    tables = _tables(n_blocks, threshold)
+    tables = _tables(int(n_blocks), threshold)  # raises for more than MAX_TABLES tables
     ids = np.arange(len(values), dtype=np.int64)
     with ray_session(address) as ray:
         route = ray.remote(_route).options(num_returns=n_parts) if n_parts > 1 else ray.remote(_route)
@@ -180,27 +177,6 @@ def label_components(n: int, pairs: np.ndarray) -> np.ndarray:
         label = new
 
 
-def _greedy(first: np.ndarray, pairs: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """Greedy keep over distinct values visited by first occurrence (all pairs gathered)."""
-    u = len(first)
-    order = np.argsort(first, kind="stable")
-    rank = np.empty(u, np.int64)
-    rank[order] = np.arange(u)
-    both = np.concatenate([pairs, pairs[:, ::-1]])
-    both = both[np.lexsort((rank[both[:, 1]], both[:, 0]))]
-    indptr = np.searchsorted(both[:, 0], np.arange(u + 1))
-    kept = np.zeros(u, bool)
-    rep = np.arange(u)
-    for v in order.tolist():
-        nb = both[indptr[v]:indptr[v + 1], 1]
-        hit = nb[kept[nb]] if len(nb) else nb
-        if len(hit):
-            rep[v] = hit[0]  # neighbours sorted by rank: the first kept one in priority order
-        else:
-            kept[v] = True
-    return kept, rep
-
-
 def distributed_plan(hashes, threshold: int, *, policy: str = "components", n_parts: int = 8, n_mappers: int = 4,
                      address: str | None = None) -> tuple[np.ndarray, np.ndarray]:
     """Keep mask and representative per item, computed the distributed way.
@@ -237,7 +213,11 @@ def distributed_plan(hashes, threshold: int, *, policy: str = "components", n_pa
         np.minimum.at(best, comp, first)
         rep = best[comp[inverse]]
     else:
-        _, rep_v = _greedy(first, pairs)
-        rep = first[rep_v[inverse]]
+        # greedy visits distinct values by first occurrence: renumber them in that order
+        order = np.argsort(first, kind="stable")
+        rank = np.empty(len(u), np.int64)
+        rank[order] = np.arange(len(u))
+        _, rep_rank = keep_from_pairs(len(u), rank[pairs], policy="greedy")
+        rep = first[order[rep_rank[rank[inverse]]]]
     keep = rep == np.arange(len(h))
     return keep, rep

@@ -1,14 +1,30 @@
 """The Hamming engine: exact near-duplicate search (layer 1-2) and clustering into a DedupPlan."""
 
-from .cluster import ClassSweep, find_duplicates, sweep_thresholds, sweep_thresholds_by_class
-from .search import HammingPairs, hamming_distance, hamming_pairs, popcount64, unique_hashes, unique_pairs
+from .cluster import ClassSweep, find_duplicates, keep_from_pairs, sweep_thresholds, sweep_thresholds_by_class
+from .search import (
+    BlockTable,
+    HammingPairs,
+    block_masks,
+    block_table_pairs,
+    block_tables,
+    hamming_distance,
+    hamming_pairs,
+    popcount64,
+    unique_hashes,
+    unique_pairs,
+)
 
 __all__ = [
+    "BlockTable",
     "ClassSweep",
     "HammingPairs",
+    "block_masks",
+    "block_table_pairs",
+    "block_tables",
     "find_duplicates",
     "hamming_distance",
     "hamming_pairs",
+    "keep_from_pairs",
     "popcount64",
     "sweep_thresholds",
     "sweep_thresholds_by_class",

@@ -19,11 +19,12 @@ from typing import NamedTuple
 
 import numpy as np
 
+from .._checks import check_bool, check_choice, check_int
 from ..plan import POLICIES, DedupPlan
 from . import _cluster_kernels as _k
-from .search import unique_hashes, unique_pairs
+from .search import popcount64, unique_hashes, unique_pairs
 
-__all__ = ["ClassSweep", "find_duplicates", "sweep_thresholds", "sweep_thresholds_by_class"]
+__all__ = ["ClassSweep", "find_duplicates", "keep_from_pairs", "sweep_thresholds", "sweep_thresholds_by_class"]
 
 logger = logging.getLogger(__name__)
 
@@ -44,11 +45,7 @@ def _rows(arr, name: str) -> np.ndarray:
 
 
 def _int_arg(name: str, value, lo: int, hi: int) -> int:
-    if isinstance(value, (bool, np.bool_)) or not isinstance(value, numbers.Integral):
-        raise ValueError(f"{name} must be an int in [0, {hi}], got {value!r} ({type(value).__name__})")
-    if not lo <= int(value) <= hi:
-        raise ValueError(f"{name}={int(value)} is out of range; allowed [{lo}, {hi}] for {hi}-bit hashes")
-    return int(value)
+    return check_int(name, value, lo, hi, hint=f"for {hi}-bit hashes")
 
 
 def _per_item(name: str, value, n: int) -> np.ndarray:
@@ -104,8 +101,7 @@ def _validate(hashes, threshold, policy, priority, labels, per_class, against, v
     rows = _rows(hashes, "hashes")
     n, bits = rows.shape[0], 64 * rows.shape[1]
     t = _int_arg("threshold", threshold, 0, bits)
-    if policy not in POLICIES:
-        raise ValueError(f"policy={policy!r} is unknown; allowed: {', '.join(map(repr, POLICIES))}")
+    check_choice("policy", policy, POLICIES)
     if priority is not None:
         priority = _per_item("priority", priority, n)
         if priority.dtype.kind not in "biuf":
@@ -120,8 +116,7 @@ def _validate(hashes, threshold, policy, priority, labels, per_class, against, v
         if labels.dtype.kind == "u" and n and labels.max() > np.iinfo(np.int64).max:
             raise ValueError("labels must fit in int64")
         labels = labels.astype(np.int64)
-    if not isinstance(per_class, (bool, np.bool_)):
-        raise ValueError(f"per_class must be True or False, got {per_class!r}")
+    check_bool("per_class", per_class)
     if per_class and labels is None:
         raise ValueError("per_class=True needs labels=: an (N,) int array of class labels (e.g. dataset.targets)")
     if against is not None:
@@ -159,6 +154,9 @@ class _Graph:
     udist: np.ndarray
     leak_row: np.ndarray    # (U,) nearest row of `against` per distinct value (-1 if none)
     leak_dist: np.ndarray   # (U,) its distance (_NEVER if none)
+    leak_upairs: np.ndarray  # (L, 2) (distinct value, distinct `against` value) within the search threshold
+    leak_udist: np.ndarray   # (L,) their distances
+    against_inv: np.ndarray  # (M,) `against` row -> distinct `against` value
 
 
 def _graph(a: _Args, search_t: int, order_v_fn) -> tuple[_Graph, str]:
@@ -174,9 +172,12 @@ def _graph(a: _Args, search_t: int, order_v_fn) -> tuple[_Graph, str]:
 
     leak_row = np.full(n_u, -1, np.int64)
     leak_dist = np.full(n_u, _NEVER, np.int64)
+    leak_upairs, leak_udist = np.zeros((0, 2), np.int64), np.zeros(0, np.int64)
+    against_inv = np.zeros(0, np.int64)
     if a.against is not None and len(a.against) and n_u:
-        _, _, a_first = unique_hashes(a.against)
+        _, against_inv, a_first = unique_hashes(a.against)
         lp = unique_pairs(uniq, search_t, other=a.against)
+        leak_upairs, leak_udist = lp.pairs, lp.distances.astype(np.int64)
         if len(lp.pairs):
             u_side, rows_b = lp.pairs[:, 0], a_first[lp.pairs[:, 1]]
             d = lp.distances.astype(np.int64)
@@ -220,7 +221,7 @@ def _graph(a: _Args, search_t: int, order_v_fn) -> tuple[_Graph, str]:
     indptr, nbr, dist = _k.lower_csr(pa, pb, kd, n_keys)
     excl_level = leak_dist[key_uid[korder]]
     g = _Graph(vidx, uniq, inv, kpos[kinv], best, key_class, n_classes, classes, item_code, vc_groups, indptr,
-               nbr, dist, excl_level, upairs, udist, leak_row, leak_dist)
+               nbr, dist, excl_level, upairs, udist, leak_row, leak_dist, leak_upairs, leak_udist, against_inv)
     return g, kind
 
 
@@ -244,9 +245,40 @@ def _label_conflicts(g: _Graph, threshold: int, n: int) -> tuple[np.ndarray, np.
     return np.stack([i[o], j[o]], axis=1).reshape(-1, 2), d[o]
 
 
+def _leak_pairs(g: _Graph, threshold: int) -> np.ndarray:
+    """Every ``(item, against_row, distance)`` within ``threshold``, sorted by item then row.
+
+    The search paired distinct values of both sides; each value pair stands for all
+    ``members(value) x rows(against value)``, expanded here with repeat/cumsum
+    arithmetic so that the cost is proportional to the output, with no loop per item.
+    """
+    within = g.leak_udist <= threshold  # the search may have run at a higher sweep threshold
+    pu, pb, pd = g.leak_upairs[within, 0], g.leak_upairs[within, 1], g.leak_udist[within]
+    if len(pu) == 0:
+        return np.zeros((0, 3), np.int64)
+    # valid items and `against` rows grouped by distinct value; stable sorts keep each group ascending
+    members_a = g.vidx[np.argsort(g.inv, kind="stable")]
+    start_a = np.zeros(len(g.uniq) + 1, np.int64)
+    np.cumsum(np.bincount(g.inv, minlength=len(g.uniq)), out=start_a[1:])
+    n_b = int(g.against_inv.max()) + 1
+    members_b = np.argsort(g.against_inv, kind="stable").astype(np.int64)
+    start_b = np.zeros(n_b + 1, np.int64)
+    np.cumsum(np.bincount(g.against_inv, minlength=n_b), out=start_b[1:])
+    size_a = start_a[pu + 1] - start_a[pu]
+    size_b = start_b[pb + 1] - start_b[pb]
+    count = size_a * size_b
+    pid = np.repeat(np.arange(len(pu)), count)           # value pair of each output row
+    offset = np.arange(len(pid), dtype=np.int64) - np.repeat(np.cumsum(count) - count, count)
+    item = members_a[start_a[pu[pid]] + offset // size_b[pid]]
+    row = members_b[start_b[pb[pid]] + offset % size_b[pid]]
+    order = np.lexsort((row, item))
+    return np.stack([item[order], row[order], pd[pid][order]], axis=1).astype(np.int64)
+
+
 # --------------------------------------------------------------------------- public API
 def find_duplicates(hashes, threshold=6, *, policy="greedy", priority=None, labels=None, per_class=False,
-                    against=None, valid=None, sweep_max=None, provenance=None, settings=None) -> DedupPlan:
+                    against=None, valid=None, sweep_max=None, provenance=None, settings=None,
+                    leak_pairs=False) -> DedupPlan:
     """Decide which items to keep: near-duplicates are items within ``threshold`` bits.
 
     Greedy (default) visits items in keep-priority order and keeps an item unless an
@@ -265,14 +297,22 @@ def find_duplicates(hashes, threshold=6, *, policy="greedy", priority=None, labe
             ``(hash value, label)`` groups, each named by its lowest-index item).
         per_class: only same-label items can be duplicates (requires ``labels``).
         against: ``(M,)``/``(M, W)`` uint64 hashes of another set (e.g. the test set);
-            items within the threshold of any of them are removed first (``plan.leaks``)
-            and take no further part.
+            items within the threshold of any of them are removed first (``plan.leaks``:
+            the nearest row of each, lowest row on ties) and take no further part.
+            Labels and ``per_class`` never restrict leaks: a near-duplicate of the other
+            set is a leak whatever its label (``per_class`` only restricts pairs within
+            this set).
         valid: ``(N,)`` bool, False for items that failed to hash: neither kept nor
             removed (``plan.failed``), excluded from everything.
         sweep_max: also record in ``plan.sweep`` the kept count at every threshold
             ``0..sweep_max`` (one search at ``max(threshold, sweep_max)``).
         provenance: JSON-able dict stored in the plan (fingerprint, versions, sidecar).
         settings: JSON-able dict merged into ``plan.settings`` (method, hash_size, ...).
+        leak_pairs: also fill ``plan.leak_pairs`` with *every* ``(item, against_row,
+            distance)`` within the threshold, valid items only, ``against_row`` a row of
+            ``against`` as passed, sorted by item then row (an empty ``(0, 3)`` array
+            without ``against``). False leaves it None: it can be as large as the
+            product of two exact-duplicate groups.
 
     Returns:
         A :class:`~torch_dedup.plan.DedupPlan` (empty for ``N == 0``).
@@ -290,6 +330,7 @@ def find_duplicates(hashes, threshold=6, *, policy="greedy", priority=None, labe
         [0, 3]
     """
     a = _validate(hashes, threshold, policy, priority, labels, per_class, against, valid)
+    check_bool("leak_pairs", leak_pairs)
     if sweep_max is not None:
         sweep_max = _int_arg("sweep_max", sweep_max, 0, a.bits)
     if settings is not None and not isinstance(settings, dict):
@@ -312,7 +353,7 @@ def find_duplicates(hashes, threshold=6, *, policy="greedy", priority=None, labe
         pk = g.item_key
         rep_local = g.best[np.maximum(leader[pk], 0)]
         xor = g.uniq[g.inv] ^ g.uniq[g.inv[rep_local]]
-        dist_local = np.bitwise_count(xor).sum(axis=1, dtype=np.int64).astype(np.int16)
+        dist_local = popcount64(xor).sum(axis=1, dtype=np.int64).astype(np.int16)
     out_local = excluded[g.item_key]
     keep_local = (rep_local == np.arange(len(g.vidx))) & ~out_local
 
@@ -334,6 +375,7 @@ def find_duplicates(hashes, threshold=6, *, policy="greedy", priority=None, labe
     u_of = np.full(n, -1, np.int64)
     u_of[g.vidx] = g.inv
     leaks = np.stack([leaked_idx, g.leak_row[u_of[leaked_idx]], g.leak_dist[u_of[leaked_idx]]], axis=1)
+    all_leaks = _leak_pairs(g, t) if leak_pairs else None
 
     dtype_d = np.uint8 if a.bits <= 255 else np.uint16
     if a.labels is not None and len(g.vidx):
@@ -353,11 +395,68 @@ def find_duplicates(hashes, threshold=6, *, policy="greedy", priority=None, labe
     plan = DedupPlan(n=n, threshold=t, policy=a.policy, keep=keep, group=group, representative=rep,
                      distance_to_rep=dist, failed=~a.valid, leaked=leaked, labels=a.labels, per_class=a.per_class,
                      label_conflicts=conflicts.astype(np.int64), label_conflict_distances=conflict_d.astype(dtype_d),
-                     leaks=leaks.astype(np.int64).reshape(-1, 3), sweep=sweep, settings=base,
+                     leaks=leaks.astype(np.int64).reshape(-1, 3), leak_pairs=all_leaks, sweep=sweep, settings=base,
                      provenance=dict(provenance or {}))
     logger.debug("find_duplicates: %d items, threshold %d, %s: kept %d, removed %d, leaked %d, failed %d",
                 n, t, a.policy, plan.n_kept, len(live) - plan.n_kept, len(leaked_idx), n - len(g.vidx))
     return plan
+
+
+def keep_from_pairs(n, pairs, *, policy="greedy") -> tuple[np.ndarray, np.ndarray]:
+    """The keep decision of :func:`find_duplicates` on a pair list found elsewhere.
+
+    Nodes ``0..n-1`` are visited in index order (node 0 has the highest priority) and
+    every given pair is a near-duplicate pair; the decision runs on the same numba
+    kernels as :func:`find_duplicates`. For callers that gather pairs themselves, such
+    as the distributed planner (:mod:`torch_dedup.engines.ray_plan`) after its
+    partition tasks.
+
+    Args:
+        n: number of nodes, an int >= 0.
+        pairs: ``(P, 2)`` integer array of node pairs in ``[0, n)``, either order;
+            self pairs and repeated pairs are harmless.
+        policy: ``"greedy"`` (a node is kept unless a kept node of smaller index is
+            paired with it) or ``"components"`` (one node kept per connected component:
+            its smallest).
+
+    Returns:
+        ``(keep (n,) bool, representative (n,) int64)``: a kept node is its own
+        representative; a dropped one has the smallest kept node paired with it
+        (greedy) or the smallest node of its component (components).
+
+    Raises:
+        ValueError: ``n``, ``pairs`` or ``policy`` out of range (names which and how).
+
+    Example:
+        >>> import numpy as np
+        >>> keep, rep = keep_from_pairs(4, np.array([[0, 1], [1, 2]]))
+        >>> keep.tolist(), rep.tolist()
+        ([True, False, True, True], [0, 0, 2, 3])
+        >>> keep_from_pairs(4, np.array([[0, 1], [1, 2]]), policy="components")[1].tolist()
+        [0, 0, 0, 3]
+    """
+    if isinstance(n, (bool, np.bool_)) or not isinstance(n, numbers.Integral) or n < 0:
+        raise ValueError(f"n must be an int >= 0 (the number of nodes), got {n!r}")
+    n = int(n)
+    check_choice("policy", policy, POLICIES)
+    pairs = np.asarray(pairs)
+    if pairs.ndim != 2 or pairs.shape[1] != 2 or (pairs.size and pairs.dtype.kind not in "iu"):
+        raise ValueError(f"pairs must be a (P, 2) integer array of node pairs, got {pairs.dtype} {pairs.shape}")
+    pairs = pairs.astype(np.int64, copy=False)
+    if pairs.size and (pairs.min() < 0 or pairs.max() >= n):
+        raise ValueError(f"pairs must name nodes in [0, {n - 1}] (n={n}), got values in "
+                         f"[{int(pairs.min())}, {int(pairs.max())}]")
+    a, b = np.ascontiguousarray(pairs[:, 0]), np.ascontiguousarray(pairs[:, 1])
+    # every given pair counts: distance 0 against threshold 0
+    indptr, nbr, dist = _k.lower_csr(a, b, np.zeros(len(a), np.int16), n)
+    excluded = np.zeros(n, np.bool_)
+    if policy == "greedy":
+        kept, rep, _ = _k.greedy_keys(indptr, nbr, dist, 0, excluded)
+        rep = np.where(kept, np.arange(n, dtype=np.int64), rep)
+    else:
+        rep = _k.components_keys(indptr, nbr, dist, 0, excluded)
+        kept = rep == np.arange(n)
+    return kept, rep.astype(np.int64, copy=False)
 
 
 def _sweep_counts(g: _Graph, policy: str, max_t: int) -> np.ndarray:

@@ -206,8 +206,69 @@ def unique_hashes(hashes) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
 # ----------------------------------------------------------------------------- planning
 
 
-def _block_masks(n: int, words: int) -> np.ndarray:
-    """``(n, W)`` uint64 masks of n disjoint blocks; blocks never straddle a word."""
+class BlockTable(NamedTuple):
+    """One table of the block-combination index (see ``docs/engine.md``).
+
+    Attributes:
+        key: ``(W,)`` uint64, the bits of the table's k blocks: two hashes meet in this
+            table when they are identical on these bits.
+        below: ``(L, W)`` uint64, one mask per block outside the table's k-subset with an
+            index below its last block. The table *owns* a pair (reports it) only when
+            none of these blocks is identical too; otherwise an earlier table, in the
+            lexicographic order of k-subsets, already reports it.
+    """
+
+    key: np.ndarray
+    below: np.ndarray
+
+
+def _check_n_blocks(n_blocks, threshold: int, words: int) -> int:
+    bits = 64 * words
+    lo = max(threshold, words, 1)
+    if isinstance(n_blocks, (bool, np.bool_)) or not isinstance(n_blocks, numbers.Integral) \
+            or not lo <= int(n_blocks) <= bits:
+        raise ValueError(
+            f"n_blocks must be an integer in [{lo}, {bits}] (at least the threshold {threshold} and the "
+            f"{words} words, blocks never straddle a word; at most one bit per block), got {n_blocks!r}"
+        )
+    n = int(n_blocks)
+    if math.comb(n, n - threshold) > MAX_TABLES:
+        raise ValueError(
+            f"n_blocks={n} at threshold {threshold} makes C({n}, {n - threshold}) = "
+            f"{math.comb(n, n - threshold)} tables, more than MAX_TABLES={MAX_TABLES}; "
+            f"choose n_blocks closer to the threshold or to {bits}"
+        )
+    return n
+
+
+def block_masks(n_blocks: int, words: int = 1) -> np.ndarray:
+    """Masks of ``n_blocks`` disjoint blocks covering ``64 * words`` bits.
+
+    Blocks never straddle a 64-bit word: each word holds ``n_blocks // words`` blocks
+    (one more for the first ``n_blocks % words`` words), of near equal width.
+
+    Args:
+        n_blocks: number of blocks, an integer in ``[words, 64 * words]``.
+        words: 64-bit words per hash (1 for 64-bit hashes).
+
+    Returns:
+        ``(n_blocks, words)`` uint64; row ``b`` has the bits of block ``b``.
+
+    Raises:
+        ValueError: ``words`` not an integer >= 1 or ``n_blocks`` out of range.
+
+    Example:
+        >>> [hex(int(m)) for m in block_masks(4)[:, 0]]
+        ['0xffff', '0xffff0000', '0xffff00000000', '0xffff000000000000']
+    """
+    if isinstance(words, (bool, np.bool_)) or not isinstance(words, numbers.Integral) or words < 1:
+        raise ValueError(f"words must be an integer >= 1 (64-bit words per hash), got {words!r}")
+    words = int(words)
+    if isinstance(n_blocks, (bool, np.bool_)) or not isinstance(n_blocks, numbers.Integral) \
+            or not words <= int(n_blocks) <= 64 * words:
+        raise ValueError(f"n_blocks must be an integer in [{words}, {64 * words}] for {words}-word hashes "
+                         f"(blocks never straddle a word), got {n_blocks!r}")
+    n = int(n_blocks)
     masks = np.zeros((n, words), np.uint64)
     per_word = [n // words + (1 if w < n % words else 0) for w in range(words)]
     b = 0
@@ -219,6 +280,53 @@ def _block_masks(n: int, words: int) -> np.ndarray:
             lo += width
             b += 1
     return masks
+
+
+def block_tables(n_blocks: int, threshold: int, words: int = 1) -> list[BlockTable]:
+    """The ``C(n_blocks, n_blocks - threshold)`` tables of the block-combination index.
+
+    Two hashes within ``threshold`` differ in at most ``threshold`` of the blocks, so
+    they are identical on the key of at least one table (pigeonhole); the ownership
+    masks make exactly one table report them. The union of
+    :func:`block_table_pairs` over these tables is therefore every pair within
+    ``threshold``, each once.
+
+    Args:
+        n_blocks: number of blocks, an integer in ``[max(threshold, words, 1), 64 * words]``
+            with at most :data:`MAX_TABLES` tables.
+        threshold: Hamming threshold, an integer in ``[0, 64 * words]``.
+        words: 64-bit words per hash.
+
+    Returns:
+        :class:`BlockTable` per k-subset of the blocks (``k = n_blocks - threshold``), in
+        lexicographic order of the subsets (the order the ownership rule assumes).
+
+    Raises:
+        ValueError: ``words``, ``threshold`` or ``n_blocks`` out of range, or too many tables.
+
+    Example:
+        >>> tables = block_tables(3, 1)
+        >>> len(tables), [len(t.below) for t in tables]
+        (3, [0, 1, 1])
+    """
+    if isinstance(words, (bool, np.bool_)) or not isinstance(words, numbers.Integral) or words < 1:
+        raise ValueError(f"words must be an integer >= 1 (64-bit words per hash), got {words!r}")
+    words = int(words)
+    t = _check_threshold(threshold, 64 * words)
+    n = _check_n_blocks(n_blocks, t, words)
+    return _block_tables(n, t, words)
+
+
+def _block_tables(n: int, t: int, words: int) -> list[BlockTable]:
+    masks = block_masks(n, words)
+    out = []
+    for combo in combinations(range(n), n - t):
+        key = np.bitwise_or.reduce(masks[list(combo)], axis=0) if combo else np.zeros(words, np.uint64)
+        chosen = set(combo)
+        last = combo[-1] if combo else 0
+        below = masks[[i for i in range(last) if i not in chosen]].reshape(-1, words)
+        out.append(BlockTable(np.ascontiguousarray(key, np.uint64), np.ascontiguousarray(below)))
+    return out
 
 
 def _bucket_bits(n_rows: int) -> int:
@@ -372,15 +480,8 @@ def _search_distinct(a: np.ndarray, b: np.ndarray | None, t: int, algorithm: str
         chunks = _row_chunks(na, 8 * workers, triangular=b is None)
         tasks = [_brute_task(a, b, t, s, e) for s, e in chunks]
     else:
-        masks = _block_masks(n_blocks, words)
         bb = _bucket_bits(max(na, nb or 0))
-        tasks = []
-        for combo in combinations(range(n_blocks), n_blocks - t):
-            key = np.bitwise_or.reduce(masks[list(combo)], axis=0) if combo else np.zeros(words, np.uint64)
-            chosen = set(combo)
-            last = combo[-1] if combo else 0
-            below = masks[[i for i in range(last) if i not in chosen]].reshape(-1, words)
-            tasks.append(_table_task(a, b, t, key, np.ascontiguousarray(below), bb))
+        tasks = [_table_task(a, b, t, tab.key, tab.below, bb) for tab in _block_tables(n_blocks, t, words)]
     parts = [part for chunk in _run(tasks, workers) for part in chunk]
     ii = np.concatenate([p[0] for p in parts]) if parts else empty[0]
     jj = np.concatenate([p[1] for p in parts]) if parts else empty[1]
@@ -429,6 +530,73 @@ def unique_pairs(hashes, threshold, other=None, *, algorithm: str = "auto", work
     ua = unique_hashes(a)[0]
     ub = None if b is None else unique_hashes(b)[0]
     return _result(*_search_distinct(ua, ub, t, algorithm, workers), 64 * a.shape[1])
+
+
+def _check_table(table, words: int) -> tuple[np.ndarray, np.ndarray]:
+    try:
+        key, below = table
+    except (TypeError, ValueError):
+        raise ValueError(f"table must be a BlockTable (key, below) from block_tables(), got {type(table).__name__}") \
+            from None
+    key = np.asarray(key)
+    below = np.asarray(below)
+    if key.dtype != np.uint64 or key.shape != (words,):
+        raise ValueError(f"table.key must be ({words},) uint64 for {64 * words}-bit hashes, got {key.dtype} "
+                         f"{key.shape}; build tables with block_tables(n_blocks, threshold, words={words})")
+    if below.dtype != np.uint64 or below.ndim != 2 or below.shape[1] != words:
+        raise ValueError(f"table.below must be (L, {words}) uint64, got {below.dtype} {below.shape}; build "
+                         f"tables with block_tables(n_blocks, threshold, words={words})")
+    return np.ascontiguousarray(key), np.ascontiguousarray(below)
+
+
+def block_table_pairs(hashes, threshold, table: BlockTable, other=None) -> HammingPairs:
+    """Pairs within ``threshold`` that one table of the block-combination index reports.
+
+    The search's own per-table step, on the same numba kernels (bucket sort by key bits,
+    popcount inside each bucket, ownership rule): pairs of rows identical on
+    ``table.key``, within ``threshold``, that no earlier table owns. Over all tables of
+    ``block_tables(n, threshold, W)`` the union is every pair :func:`hamming_pairs`
+    finds, each from exactly one table, so a table's rows can be split by the value of
+    their key bits (a shuffle) and each part searched on its own: the distributed
+    planner (:mod:`torch_dedup.engines.ray_plan`) runs this in each partition.
+
+    Rows need not be distinct (identical rows are a pair at distance 0). Runs in the
+    calling thread.
+
+    Args:
+        hashes: ``(N,)`` or ``(N, W)`` uint64.
+        threshold: integer in ``[0, 64 * W]``, the one the tables were built for.
+        table: a :class:`BlockTable` of ``block_tables(n_blocks, threshold, W)``.
+        other: optional ``(M,)``/``(M, W)`` uint64 query set: pairs ``(row in hashes,
+            row in other)`` instead of ``i < j``.
+
+    Returns:
+        :class:`HammingPairs`, rows sorted lexicographically.
+
+    Raises:
+        ValueError: bad dtype, shape, threshold or table, or 2**31 - 1 rows or more on a side.
+
+    Example:
+        >>> h = np.array([0, 1, 1 << 40], dtype=np.uint64)  # 1 and 1 << 40: in different blocks
+        >>> [block_table_pairs(h, 1, tab).pairs.tolist() for tab in block_tables(2, 1)]
+        [[[0, 2]], [[0, 1]]]
+    """
+    a, b, t, _, _ = _validate(hashes, threshold, other, "auto", 1)
+    key, below = _check_table(table, a.shape[1])
+    na = a.shape[0]
+    nb = None if b is None else b.shape[0]
+    if max(na, nb or 0) >= 2**31 - 1:
+        raise ValueError(f"at most 2**31 - 2 rows per side are supported, got {max(na, nb or 0)}; split the rows "
+                         f"by the value of their key bits and search each part")
+    empty = np.zeros(0, np.int64)
+    if na == 0 or nb == 0 or (b is None and na < 2):
+        return _result(empty, empty, empty, 64 * a.shape[1])
+    parts = _table_task(a, b, t, key, below, _bucket_bits(max(na, nb or 0)))()
+    if not parts:
+        return _result(empty, empty, empty, 64 * a.shape[1])
+    ii, jj, dd = (np.concatenate([p[k] for p in parts]) for k in range(3))
+    order = np.argsort(ii * (na if nb is None else nb) + jj)
+    return _result(ii[order], jj[order], dd[order], 64 * a.shape[1])
 
 
 def _groups(inverse: np.ndarray, first_index: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -492,4 +660,15 @@ def hamming_pairs(hashes, threshold, other=None, *, algorithm: str = "auto", wor
     return _result(ii, jj, dd, bits)
 
 
-__all__ = ["HammingPairs", "hamming_distance", "hamming_pairs", "popcount64", "unique_hashes", "unique_pairs"]
+__all__ = [
+    "BlockTable",
+    "HammingPairs",
+    "block_masks",
+    "block_table_pairs",
+    "block_tables",
+    "hamming_distance",
+    "hamming_pairs",
+    "popcount64",
+    "unique_hashes",
+    "unique_pairs",
+]

@@ -31,7 +31,8 @@ class DedupFilter:
     """A webdataset pipeline stage that drops the samples a :class:`ShardPlan` drops.
 
     Use :func:`dedup_filter` to make one. Instances are picklable (DataLoader workers get
-    a copy each) and keep per-process counters ``n_seen`` and ``n_dropped``.
+    a copy each) and keep per-process counters ``n_seen`` and ``n_dropped`` (samples seen and
+    dropped by this copy; over one full pass of the shards, ``n_dropped == plan.n_removed``).
     """
 
     def __init__(self, plan: ShardPlan, *, unknown: str = "error", match: str = "id", verify: bool = True,
@@ -133,7 +134,7 @@ class DedupFilter:
             yield sample
 
     def __repr__(self) -> str:
-        return (f"DedupFilter({len(self.plan.shards)} shards, {self.plan.n_dropped} of {self.plan.n} samples "
+        return (f"DedupFilter({len(self.plan.shards)} shards, {self.plan.n_removed} of {self.plan.n} samples "
                 f"dropped, unknown={self.unknown!r}, match={self.match!r})")
 
 

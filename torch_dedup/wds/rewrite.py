@@ -25,7 +25,7 @@ import numpy as np
 from torch_dedup.errors import PlanError
 from torch_dedup.sidecar import hash_environment
 
-from .shard_plan import STATUS_FAILED, STATUS_NO_IMAGE, ShardPlan
+from .shard_plan import ShardPlan
 from .shard_sidecar import ShardSidecar, shard_sidecar_paths, write_shard_sidecar
 from .shard_urls import is_local, local_path, shard_fingerprint
 from .tar_samples import ShardReadError, iter_tar_samples
@@ -253,9 +253,8 @@ def _write_sidecar(plan: ShardPlan, path: str, idx: list[int]) -> str:
     st = plan.settings
     idx_a = np.asarray(idx, dtype=np.int64)
     keys = [plan.sample(int(i))[1] for i in idx]
-    status = plan.status[idx_a]
-    has_image = status != STATUS_NO_IMAGE
-    valid = has_image & (status != STATUS_FAILED)
+    has_image = plan.has_image[idx_a]
+    valid = ~plan.plan.failed[idx_a]  # failed in the plan: no image, or an image that failed to hash
     failures = tuple((k, f"{path}:{keys[k]}", "could not be hashed in the source shard")
                      for k in np.flatnonzero(has_image & ~valid).tolist())
     hashes = plan.hashes[idx_a] if len(idx_a) else plan.hashes[:0]

@@ -22,7 +22,8 @@ from pathlib import Path
 import numpy as np
 
 from torch_dedup.errors import ImageDecodeError
-from torch_dedup.hashing import METHODS, hash_bits, hash_files
+from torch_dedup.hashing import hash_bits, hash_files
+from torch_dedup.options import DedupOptions
 from torch_dedup.sidecar import hash_environment
 
 from .shard_sidecar import (
@@ -40,7 +41,6 @@ logger = logging.getLogger(__name__)
 
 #: Image suffixes looked for in a sample, in order of preference.
 DEFAULT_IMAGE_EXTS = ("jpg", "jpeg", "png", "webp", "ppm", "bmp")
-_ON_ERROR = ("raise", "skip")
 _FLUSH = 256  # images decoded and hashed per batch (bounds memory)
 
 
@@ -78,13 +78,8 @@ def _check_engine(engine, ray_address) -> None:
 
 
 def _check(method: str, hash_size, on_error: str, workers) -> None:
-    if method not in METHODS:
-        raise ValueError(f"method={method!r} is not a hash method; use one of {tuple(METHODS)}")
-    hash_bits(method, hash_size)  # validates hash_size
-    if on_error not in _ON_ERROR:
-        raise ValueError(f"on_error={on_error!r} must be one of {_ON_ERROR}")
-    if workers is not None and (isinstance(workers, bool) or not isinstance(workers, int) or workers < 0):
-        raise ValueError(f"workers={workers!r} must be None (automatic) or an int >= 0 (0: in this process)")
+    """The shared option rules (:class:`~torch_dedup.options.DedupOptions`) for the shard settings."""
+    DedupOptions(method=method, hash_size=hash_size, on_error=on_error, workers=workers)
 
 
 def hash_shard(url: str, method: str = "phash", hash_size: int = 8, *,

@@ -21,8 +21,8 @@ from naive import distance_matrix
 from test_sources import cifar10, fashion_mnist, image_folder
 from torch_dedup._store import write_store
 from torch_dedup.errors import ImageDecodeError
-from torch_dedup.index import (DatasetHashes, hash_dataset, hash_source_range, plan_dataset, sidecar_for,
-                               store_cached)
+from torch_dedup.dataset_hashes import DatasetHashes, hash_dataset, hash_source_range, sidecar_for, store_cached
+from torch_dedup.planning import plan_dataset
 from torch_dedup.sidecar import read_sidecar
 from torch_dedup.sources import source_of
 
@@ -229,7 +229,7 @@ def test_on_error_with_a_broken_file(folder, caplog):
 def test_image_fn_items_and_caching_needs_a_fingerprint(tmp_path, caplog):
     base = cifar10(tmp_path)
     tensors = [transforms.functional.to_tensor(Image.fromarray(a)) for a in base.data]
-    with caplog.at_level(logging.INFO, logger="torch_dedup.index"):
+    with caplog.at_level(logging.INFO, logger="torch_dedup.dataset_hashes"):
         h = hash_dataset(base, image_fn=lambda i: tensors[i], progress=False)
     assert h.sidecar_path is None and "fingerprint" in caplog.text
     for i in (0, 13):
@@ -337,7 +337,7 @@ def test_racing_hash_dataset_processes(folder, tmp_path):
 
 def test_plan_dataset_matches_naive_greedy_and_records_provenance(folder, caplog):
     ds, tree = folder
-    with caplog.at_level(logging.DEBUG, logger="torch_dedup.index"):
+    with caplog.at_level(logging.DEBUG, logger="torch_dedup.planning"):
         plan = plan_dataset(ds, threshold=10, progress=False, workers=0)
     hashes = np.array([int(str(imagehash.phash(Image.open(p))), 16) for p, _ in ds.samples], dtype=np.uint64)
     np.testing.assert_array_equal(plan.keep, _naive_greedy(hashes, 10))
@@ -351,7 +351,7 @@ def test_plan_dataset_matches_naive_greedy_and_records_provenance(folder, caplog
     assert plan.provenance["sidecar"].endswith(".tdhash")
     assert "18 -> 12 items" in caplog.text and "sidecar miss" in caplog.text
     plan.check_compatible(len(ds), source_of(ds).fingerprint)
-    with caplog.at_level(logging.DEBUG, logger="torch_dedup.index"):
+    with caplog.at_level(logging.DEBUG, logger="torch_dedup.planning"):
         plan_dataset(ds, threshold=10, progress=False, workers=0)
     assert "sidecar hit" in caplog.text
 

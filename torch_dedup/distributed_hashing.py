@@ -1,0 +1,180 @@
+"""Hashing a dataset once across a ``torch.distributed`` process group (layer 3).
+
+:func:`hash_dataset_distributed` is :func:`~torch_dedup.dataset_hashes.hash_dataset` as a
+collective: if every rank can read a valid sidecar, each does; otherwise rank ``r`` hashes
+the contiguous slice ``[r*N//W, (r+1)*N//W)``, the slices are all-gathered, rank 0 writes
+the sidecar, and a barrier follows. Every rank then holds the same hashes, so the same
+deterministic search gives every rank the identical plan
+(:func:`torch_dedup.planning.plan_dataset` chooses this path by itself under DDP). A
+failure on one rank (an undecodable image with ``on_error="raise"``) is raised on every
+rank instead of leaving the others waiting.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import time
+from pathlib import Path
+from typing import Any, Callable
+
+import numpy as np
+import torch.distributed as dist
+
+from .dataset_hashes import DatasetHashes, hash_source_range, look_up_hashes, store_cached
+from .errors import DedupError, ImageDecodeError
+from .hashing.api import HashResult
+from .options import DedupOptions
+
+__all__ = ["hash_dataset_distributed", "hash_dataset_distributed_with", "is_distributed"]
+
+logger = logging.getLogger(__name__)
+
+def is_distributed(group=None) -> bool:
+    """True when ``torch.distributed`` is initialised with more than one process (in ``group``)."""
+    return dist.is_available() and dist.is_initialized() and dist.get_world_size(group) > 1
+
+
+# -- hashing once across a process group ------------------------------------------------------
+
+def _gather(obj, group) -> list:
+    out: list = [None] * dist.get_world_size(group)
+    dist.all_gather_object(out, obj, group=group)
+    return out
+
+
+def _portable(exc: BaseException) -> tuple:
+    """An exception as plain data: ours have custom constructors that pickle cannot replay."""
+    if isinstance(exc, ImageDecodeError):
+        return ("decode", exc.source, exc.reason, exc.index)
+    return (type(exc).__name__, str(exc))
+
+
+def _raise_if_any_failed(errors: list, mine: BaseException | None, what: str) -> None:
+    """Raise on every rank when any rank failed, so no rank waits for a collective forever."""
+    if mine is not None:
+        raise mine
+    for r, err in enumerate(errors):
+        if err is None:
+            continue
+        if err[0] == "decode":
+            raise ImageDecodeError(err[1], f"{err[2]} (on rank {r})", err[3])
+        raise DedupError(f"{what} failed on rank {r}: {err[0]}: {err[1]}")
+
+
+def _default_workers(group) -> int:
+    # Ranks on one node share its cores; torchrun says how many ranks that is.
+    local = os.environ.get("LOCAL_WORLD_SIZE")
+    ranks_here = int(local) if local and local.isdigit() else dist.get_world_size(group)
+    return max(1, (os.cpu_count() or 1) // max(1, ranks_here))
+
+
+def hash_dataset_distributed(ds, method: str = "phash", hash_size: int = 8, *,
+                             image_fn: Callable[[int], Any] | None = None,
+                             cache_dir: str | os.PathLike | None | bool = None, on_error: str = "raise",
+                             workers: int | None = None, fast_decode: bool = False, progress: bool = True,
+                             refresh: bool = False, fingerprint: str | None = None,
+                             group=None) -> DatasetHashes:
+    """:func:`~torch_dedup.dataset_hashes.hash_dataset` for a process group: each item hashed once in the group.
+
+    Must be called by every rank of ``group`` with the same arguments (a collective).
+    Ranks that can read a valid sidecar use it; when none can, each rank hashes its
+    contiguous slice, the slices are all-gathered, rank 0 writes the sidecar, and all
+    ranks wait at a barrier. When only some ranks can read the sidecar (node-local
+    disks), the first such rank broadcasts the hashes.
+
+    Args:
+        ds: the map-style dataset (the same data on every rank).
+        method: hash method. hash_size: hash size.
+        image_fn, cache_dir, on_error, fast_decode, progress, refresh, fingerprint: as in
+            :func:`~torch_dedup.dataset_hashes.hash_dataset`.
+        workers: decode processes per rank for file datasets (``None``: this node's cores
+            divided among its ranks, from ``LOCAL_WORLD_SIZE``).
+        group: the process group (``None``: the default group).
+
+    Returns:
+        A :class:`~torch_dedup.dataset_hashes.DatasetHashes`, identical on every rank.
+
+    Raises:
+        RuntimeError: ``torch.distributed`` is not initialised.
+        DedupError: ranks see different data (length or fingerprint), or hashing failed on a rank.
+        ImageDecodeError: an undecodable image with ``on_error="raise"`` (on every rank).
+
+    Example:
+        >>> dist.init_process_group("gloo")  # doctest: +SKIP
+        >>> h = hash_dataset_distributed(ds, progress=False)  # doctest: +SKIP
+    """
+    options = DedupOptions(method=method, hash_size=hash_size, image_fn=image_fn, cache_dir=cache_dir,
+                           on_error=on_error, workers=workers, fast_decode=fast_decode, progress=progress,
+                           refresh=refresh, fingerprint=fingerprint)
+    return hash_dataset_distributed_with(ds, options, group)
+
+
+def hash_dataset_distributed_with(ds, options: DedupOptions, group=None) -> DatasetHashes:
+    """:func:`hash_dataset_distributed` with its settings as one :class:`~torch_dedup.options.DedupOptions`.
+
+    A collective: every rank of ``group`` calls it with the same dataset and options.
+
+    Raises:
+        As :func:`hash_dataset_distributed`.
+    """
+    if not (dist.is_available() and dist.is_initialized()):
+        raise RuntimeError("hash_dataset_distributed needs torch.distributed initialised "
+                           "(dist.init_process_group); use torch_dedup.hash_dataset in one process")
+    world, rank = dist.get_world_size(group), dist.get_rank(group)
+    t0 = time.perf_counter()
+    found, error = None, None
+    try:
+        found = look_up_hashes(ds, options)
+    except Exception as exc:  # noqa: BLE001 - re-raised below on every rank, never swallowed
+        error = exc
+    info = None if found is None else (found.source.n, found.source.fingerprint, found.cached is not None)
+    seen = _gather((info, None if error is None else _portable(error)), group)
+    _raise_if_any_failed([e for _, e in seen], error, "reading the dataset")
+    idents = [x[:2] for x, _ in seen]
+    if len(set(idents)) != 1:
+        raise DedupError(f"ranks see different datasets (length, fingerprint) per rank: {idents}; every rank "
+                         f"must build the sampler over the same data")
+    hits = [x[2] for x, _ in seen]
+    source, cached = found.source, found.cached
+    if any(hits):
+        src = hits.index(True)
+        if all(hits):
+            arrays = (cached.hashes, cached.valid, tuple(cached.failures), cached.meta.get("created"))
+        else:
+            box = [(cached.hashes, cached.valid, tuple(cached.failures), cached.meta.get("created"))
+                   if cached is not None and rank == src else None]
+            dist.broadcast_object_list(box, src=dist.get_global_rank(group, src) if group is not None else src,
+                                       group=group)
+            arrays = box[0]
+        logger.debug("rank %d: sidecar hit %s", rank, found.path)
+        return found.from_sidecar(*arrays, on_error=options.on_error)
+
+    start, stop = rank * source.n // world, (rank + 1) * source.n // world
+    part = None
+    try:
+        part = hash_source_range(source, start, stop, options.method, options.hash_size, on_error=options.on_error,
+                                 workers=_default_workers(group) if options.workers is None else options.workers,
+                                 fast_decode=options.fast_decode, progress=options.progress and rank == 0)
+    except Exception as exc:  # noqa: BLE001 - re-raised below on every rank, never swallowed
+        error = exc
+    parts = _gather((None, None, None, _portable(error)) if error is not None
+                    else (part.hashes, part.valid, tuple(part.failures), None), group)
+    _raise_if_any_failed([p[3] for p in parts], error, "hashing")
+    hashes = np.concatenate([np.asarray(p[0]) for p in parts])
+    valid = np.concatenate([np.asarray(p[1]) for p in parts])
+    failures = tuple(f for p in parts for f in p[2])
+    result = HashResult(hashes, valid, failures, options.method, options.hash_size)
+    written, error = None, None
+    if rank == 0:
+        try:
+            written = store_cached(found.path, result, source, options.method, options.hash_size, found.decode)
+        except Exception as exc:  # noqa: BLE001 - sent to every rank below, so none waits forever
+            error = exc
+    box = [(None if written is None else str(written), None if error is None else _portable(error))]
+    dist.broadcast_object_list(box, src=dist.get_global_rank(group, 0) if group is not None else 0, group=group)
+    _raise_if_any_failed([box[0][1]], error, "writing the sidecar")
+    dist.barrier(group=group)
+    logger.debug("rank %d hashed items [%d, %d) of %d in %.2f s", rank, start, stop, source.n,
+                 time.perf_counter() - t0)
+    return found.computed(result, None if box[0][0] is None else Path(box[0][0]))

@@ -1,0 +1,186 @@
+"""``DedupOptions``: every dedup setting in one frozen object, validated once (layer 2).
+
+The sampler, the dataset wrapper, :func:`~torch_dedup.planning.plan_dataset`, the CLI and
+the webdataset functions all turn their arguments into one ``DedupOptions`` before any
+work starts, so a bad value fails in the same words everywhere and before minutes of
+hashing. Options are plain data: build them once and pass them around::
+
+    opts = DedupOptions(threshold=8, per_class=True)
+    plan = plan_dataset(train, options=opts)
+    sampler = DedupSampler(train, plan=plan)
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+from dataclasses import dataclass, fields
+from typing import Any, Callable
+
+from ._checks import (
+    check_bool,
+    check_choice,
+    check_hash_size,
+    check_int,
+    check_method,
+    check_on_error,
+    check_threshold,
+    check_workers,
+)
+from .plan import POLICIES
+
+__all__ = ["DedupOptions", "option_names", "options_from"]
+
+
+@dataclass(frozen=True)
+class DedupOptions:
+    """How to hash, compare and keep: the settings every consumer shares.
+
+    Attributes:
+        threshold: items within this many differing bits are near-duplicates; it counts
+            bits of the whole hash, so scale it with ``hash_size`` (``[0, hash_size**2]``).
+        method: ``"phash"`` (default), ``"dhash"``, ``"ahash"`` or ``"whash"``.
+        hash_size: hash side (8: 64-bit hashes, 16: 256-bit).
+        policy: ``"greedy"`` (no two kept items within the threshold) or ``"components"``
+            (one item per connected component).
+        per_class: only items with the same label can be duplicates of each other
+            (never restricts leaks into ``against``).
+        labels: per-item labels overriding the dataset's own.
+        priority: per-item keep scores (array, or ``priority(i) -> score``); higher first.
+        against: another set (dataset, hashes, ``DatasetHashes``, or a list of them);
+            items near-duplicating any of its items are removed (the leakage filter).
+        image_fn: ``image_fn(i) -> raw image of item i`` for datasets with no fast path.
+        fingerprint: a string that changes whenever the data does (needed to cache the
+            hashes of ``image_fn``/``ds[i]`` datasets).
+        cache_dir: sidecar folder; ``None`` picks one beside the data; ``False``: no cache.
+        on_error: ``"raise"`` or ``"skip"`` undecodable images.
+        workers: decode processes for image files (``None``: automatic; 0: in-process).
+        fast_decode: JPEG draft decoding (faster; changes some bits; cached separately).
+        progress: progress bars on long work.
+        refresh: ignore existing sidecars, hash again and rewrite them.
+        sweep_max: also record the kept count at every threshold ``0..sweep_max``.
+        leak_pairs: record every pair between the dataset and ``against`` in the plan
+            (``plan.leak_pairs``), not only each leaked item's nearest.
+
+    Raises:
+        ValueError: any field out of range (the message names it, its value and the fix).
+
+    Example:
+        >>> opts = DedupOptions(threshold=4, method="dhash")
+        >>> opts.bits, opts.replace(threshold=2).threshold
+        (64, 2)
+    """
+
+    threshold: int = 6
+    method: str = "phash"
+    hash_size: int = 8
+    policy: str = "greedy"
+    per_class: bool = False
+    labels: Any = None
+    priority: Any = None
+    against: Any = None
+    image_fn: Callable[[int], Any] | None = None
+    fingerprint: str | None = None
+    cache_dir: str | os.PathLike | None | bool = None
+    on_error: str = "raise"
+    workers: int | None = None
+    fast_decode: bool = False
+    progress: bool = True
+    refresh: bool = False
+    sweep_max: int | None = None
+    leak_pairs: bool = False
+
+    def __post_init__(self) -> None:
+        check_method(self.method)
+        check_hash_size(self.hash_size, self.method)
+        bits = self.bits
+        check_threshold(self.threshold, bits, self.method)
+        check_choice("policy", self.policy, POLICIES)
+        check_on_error(self.on_error)
+        check_workers(self.workers)
+        for name in ("per_class", "fast_decode", "progress", "refresh", "leak_pairs"):
+            check_bool(name, getattr(self, name))
+        if self.sweep_max is not None:
+            check_int("sweep_max", self.sweep_max, 0, bits, hint="the largest threshold to count kept items at")
+        if self.fingerprint is not None and not isinstance(self.fingerprint, str):
+            raise ValueError(f"fingerprint={self.fingerprint!r} must be a string that changes whenever the data does")
+        if self.image_fn is not None and not callable(self.image_fn):
+            raise ValueError(f"image_fn={self.image_fn!r} must be a callable image_fn(i) -> raw image of item i")
+        if not (self.cache_dir is None or isinstance(self.cache_dir, (bool, str, os.PathLike))):
+            raise ValueError(f"cache_dir={self.cache_dir!r} must be a folder path, None (beside the data) or "
+                             f"False (no cache)")
+        # normalise numpy ints so that options compare and print as plain data
+        for name in ("threshold", "hash_size"):
+            object.__setattr__(self, name, int(getattr(self, name)))
+
+    @property
+    def bits(self) -> int:
+        """Bits per hash (``hash_size ** 2``)."""
+        return int(self.hash_size) * int(self.hash_size)
+
+    def replace(self, **changes: Any) -> DedupOptions:
+        """A copy with ``changes`` applied (validated again).
+
+        Raises:
+            TypeError: a name that is not an option (the message lists the options).
+        """
+        unknown = sorted(set(changes) - {f.name for f in fields(self)})
+        if unknown:
+            raise TypeError(f"unknown dedup option(s) {unknown}; the options are {option_names()}")
+        return dataclasses.replace(self, **changes)
+
+    @classmethod
+    def of(cls, options: DedupOptions | None = None, **changes: Any) -> DedupOptions:
+        """``options`` (default: the defaults) with ``changes`` applied; the one way entry points build them.
+
+        Raises:
+            TypeError: ``options`` is not a ``DedupOptions``, or a change names no option.
+            ValueError: a value out of range.
+        """
+        if options is None:
+            options = cls()
+        elif not isinstance(options, DedupOptions):
+            raise TypeError(f"options={options!r} must be a torch_dedup.DedupOptions, got {type(options).__name__}")
+        return options.replace(**changes) if changes else options
+
+    def settings(self) -> dict[str, Any]:
+        """The JSON-able settings that decide a plan (what a saved plan records and is compared on)."""
+        return {"threshold": self.threshold, "method": self.method, "hash_size": self.hash_size,
+                "policy": self.policy, "per_class": self.per_class, "fast_decode": self.fast_decode}
+
+
+def _is_default(value: Any, default: Any) -> bool:
+    if value is default:
+        return True
+    # only plain scalars compare by value (arrays and datasets never equal a default)
+    return isinstance(value, (bool, int, str)) and type(value) is type(default) and value == default
+
+
+def options_from(options: DedupOptions | None, given: dict[str, Any], owner: str) -> DedupOptions:
+    """The options of a consumer that takes both ``options=`` and the individual settings.
+
+    Args:
+        options: the ``options=`` argument, or ``None``.
+        given: the individual settings as the caller received them (their defaults
+            included); with ``options``, every one must still be at its default.
+        owner: the consumer's name, for the message.
+
+    Raises:
+        TypeError: ``options`` together with a setting changed from its default (which of
+            the two should win is not for the library to guess).
+        ValueError: a value out of range.
+    """
+    if options is None:
+        return DedupOptions(**given)
+    defaults = DedupOptions()
+    clash = sorted(k for k, v in given.items() if not _is_default(v, getattr(defaults, k)))
+    if clash:
+        raise TypeError(f"{owner}: pass either options= or the individual settings, not both; got options= and "
+                        f"{', '.join(f'{k}={given[k]!r}' for k in clash)}. Use options.replace({clash[0]}=...) "
+                        f"to change a setting of an options object.")
+    return DedupOptions.of(options)
+
+
+def option_names() -> list[str]:
+    """The names of every :class:`DedupOptions` field, in declaration order."""
+    return [f.name for f in fields(DedupOptions)]

@@ -1,0 +1,352 @@
+"""Dataset → :class:`~torch_dedup.plan.DedupPlan`: the one entry every consumer plans through (layer 3).
+
+:func:`plan_dataset` is compute-or-load and DDP-aware: it validates the options once
+(:class:`~torch_dedup.options.DedupOptions`), reads the hashes from the dataset's sidecar or
+computes them — once across the ranks when ``torch.distributed`` runs more than one process
+(:mod:`torch_dedup.distributed_hashing`), in this process otherwise — hashes ``against=`` sets
+the same way, and decides what to keep (:func:`plan_from_hashes`). Build a plan once and hand
+it to as many consumers as you like::
+
+    plan = plan_dataset(train, threshold=6, against=test)
+    sampler = DedupSampler(train, plan=plan)          # no hashing, no search
+    subset = DedupDataset(train, plan=plan)
+
+:func:`resolve_plan` is what :class:`~torch_dedup.sampler.DedupSampler` and
+:class:`~torch_dedup.dataset.DedupDataset` call: a given plan checked against the dataset,
+or :func:`plan_dataset`; it logs the one INFO line.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import time
+import warnings
+from dataclasses import dataclass
+from typing import Any, Sequence
+
+import numpy as np
+
+from .dataset_hashes import DatasetHashes, hash_dataset_with
+from .errors import EmptyDedupError
+from .hamming.cluster import find_duplicates
+from .options import DedupOptions, option_names
+from .plan import DedupPlan
+from .sidecar import library_versions
+from .sources import labels_of, source_of
+
+__all__ = ["ResolvedPlan", "check_labels", "plan_dataset", "plan_dataset_distributed", "plan_from_hashes",
+           "resolve_plan"]
+
+logger = logging.getLogger(__name__)
+
+_DISTRIBUTED = ("auto", True, False)
+
+
+def _use_distributed(distributed, group) -> bool:
+    if distributed not in _DISTRIBUTED or not isinstance(distributed, (str, bool)):
+        raise ValueError(f"distributed={distributed!r} must be 'auto' (a collective when torch.distributed runs "
+                         f"more than one process), True or False (this process alone)")
+    if distributed is False:
+        return False
+    from .distributed_hashing import is_distributed
+    if distributed is True and not is_distributed(group):
+        raise RuntimeError("distributed=True needs torch.distributed initialised with more than one process; "
+                           "use distributed='auto' or False in a single process")
+    return is_distributed(group)
+
+
+def _hasher(distributed: bool, group):
+    """The hashing function of this call: once across the group, or in this process."""
+    if not distributed:
+        return hash_dataset_with
+    from .distributed_hashing import hash_dataset_distributed_with
+    return lambda ds, options: hash_dataset_distributed_with(ds, options, group)
+
+
+def plan_dataset(ds, threshold: int | None = None, *, options: DedupOptions | None = None,
+                 distributed: bool | str = "auto", group=None, **settings: Any) -> DedupPlan:
+    """Hash a dataset (or read its sidecar) and decide which items to keep.
+
+    The one public way from a dataset to a :class:`~torch_dedup.plan.DedupPlan`; the sampler,
+    the dataset wrapper and the CLI all plan through it.
+
+    Args:
+        ds: a map-style dataset (torchvision MNIST family/CIFAR/SVHN, ImageFolder, Subset,
+            any dataset with ``image_fn``, or one whose ``ds[i][0]`` is the raw image).
+        threshold: Hamming threshold (default: ``options.threshold``, else 6).
+        options: a :class:`~torch_dedup.options.DedupOptions`; keyword ``settings`` override it.
+        distributed: ``"auto"`` (default): a collective when ``torch.distributed`` runs more
+            than one process in ``group`` — every rank must call it, each item is hashed
+            once across the ranks, and every rank gets the identical plan; ``False``: this
+            process alone (e.g. planning on rank 0 only); ``True``: require the collective.
+        group: the process group (``None``: the default group).
+        **settings: any :class:`~torch_dedup.options.DedupOptions` field: ``method``,
+            ``hash_size``, ``policy``, ``per_class``, ``labels``, ``priority``, ``against``,
+            ``image_fn``, ``fingerprint``, ``cache_dir``, ``on_error``, ``workers``,
+            ``fast_decode``, ``progress``, ``refresh``, ``sweep_max``, ``leak_pairs``.
+
+    Returns:
+        The :class:`~torch_dedup.plan.DedupPlan`; its provenance records the fingerprint,
+        sidecar path, method, hash size and decode mode.
+
+    Raises:
+        TypeError: an unknown setting, or a dataset that cannot be read as images.
+        ValueError: a bad option, or ``per_class=True`` for a dataset without labels.
+        ImageDecodeError: an undecodable image with ``on_error="raise"`` (on every rank).
+
+    Example:
+        >>> import numpy as np, torch
+        >>> from torch_dedup.embedded import load_sample
+        >>> class Twice(torch.utils.data.Dataset):  # every image appears twice in a row
+        ...     data = np.repeat(load_sample(4)[0], 2, axis=0)
+        ...     def __len__(self): return 8
+        ...     def __getitem__(self, i): return self.data[i], 0
+        >>> plan = plan_dataset(Twice(), threshold=0, cache_dir=False, progress=False)
+        >>> plan.kept_indices.tolist()
+        [0, 2, 4, 6]
+    """
+    if threshold is not None:
+        settings["threshold"] = threshold
+    opts = DedupOptions.of(options, **settings)
+    return plan_with(ds, opts, distributed=distributed, group=group)
+
+
+def plan_with(ds, options: DedupOptions, *, distributed: bool | str = "auto", group=None) -> DedupPlan:
+    """:func:`plan_dataset` with validated options (what the consumers call).
+
+    Raises:
+        As :func:`plan_dataset`.
+    """
+    t0 = time.perf_counter()
+    collective = _use_distributed(distributed, group)
+    hasher = _hasher(collective, group)
+    # Cheap checks first: a bad option should fail before minutes of hashing.
+    labels = options.labels if options.labels is not None else (None if collective else labels_of(ds))
+    if not collective:
+        labels = check_labels(labels, len(ds), options.per_class, type(ds).__name__)
+    dh = hasher(ds, options)
+    if collective:
+        labels = check_labels(options.labels if options.labels is not None else dh.labels, len(dh),
+                              options.per_class, type(ds).__name__)
+    against, against_prints = None, []
+    if options.against is not None:
+        against, against_prints = _hashes_of_against(options.against, options, hasher)
+    plan = plan_from_hashes(dh, options.threshold, policy=options.policy, per_class=options.per_class,
+                            labels=labels, priority=options.priority, against=against,
+                            against_fingerprints=against_prints, sweep_max=options.sweep_max,
+                            leak_pairs=options.leak_pairs)
+    # DEBUG, not INFO: consumers (DedupSampler, DedupDataset, the CLI) log the one INFO line.
+    logger.debug("plan_dataset %s: %d -> %d items (%.1f%% kept), threshold %d, %s, %.2f s, sidecar %s",
+                 type(ds).__name__, plan.n, plan.n_kept, 100.0 * plan.n_kept / max(plan.n, 1), options.threshold,
+                 options.policy, time.perf_counter() - t0,
+                 "hit" if dh.from_cache else ("miss" if dh.sidecar_path else "off"))
+    return plan
+
+
+def _hashes_of_against(against, options: DedupOptions, hasher) -> tuple[np.ndarray, list]:
+    """``against`` (hashes, DatasetHashes, dataset, or a list of them) → valid hashes, fingerprints."""
+    items = list(against) if isinstance(against, (list, tuple)) else [against]
+    # the other sets are hashed like this one, but never filtered by this one's settings
+    other = options.replace(labels=None, priority=None, against=None, image_fn=None, fingerprint=None,
+                            sweep_max=None)
+    parts, prints = [], []
+    for item in items:
+        if isinstance(item, np.ndarray):
+            parts.append(item)
+            prints.append(None)
+            continue
+        dh = item if isinstance(item, DatasetHashes) else hasher(item, other)
+        parts.append(dh.hashes[dh.valid])
+        prints.append(dh.fingerprint)
+    widths = {p.shape[1:] for p in parts}
+    if len(widths) > 1:
+        raise ValueError(f"against= holds hashes of different widths {sorted(widths)}; hash everything with "
+                         f"the same method and hash_size")
+    if not parts:
+        words = -(-options.bits // 64)
+        return np.zeros((0,) if words == 1 else (0, words), np.uint64), prints
+    return np.concatenate(parts), prints
+
+
+def _priority_array(priority, n: int):
+    if priority is None or not callable(priority):
+        return priority
+    return np.asarray([float(priority(i)) for i in range(n)], dtype=np.float64)
+
+
+def check_labels(labels, n: int, per_class: bool, name: str = "the dataset") -> np.ndarray | None:
+    """Validate per-item labels (``None`` allowed unless ``per_class``) and return them as int64.
+
+    Raises:
+        ValueError: ``per_class`` without labels, or labels of the wrong shape.
+    """
+    if per_class and labels is None:
+        raise ValueError(f"per_class=True but {name} has no targets/labels; pass labels= "
+                         "(one int per item) or use per_class=False")
+    if labels is None:
+        return None
+    labels = np.asarray(labels, dtype=np.int64)
+    if labels.shape != (n,):
+        raise ValueError(f"labels has shape {labels.shape} but {name} has {n} items; pass one int label per item")
+    return labels
+
+
+def plan_from_hashes(dh: DatasetHashes, threshold: int = 6, *, policy: str = "greedy", per_class: bool = False,
+                     labels=None, priority=None, against: np.ndarray | None = None,
+                     against_fingerprints: Sequence[str | None] = (), sweep_max: int | None = None,
+                     leak_pairs: bool = False) -> DedupPlan:
+    """Decide which items of an already hashed dataset to keep (the step after hashing).
+
+    :func:`plan_dataset` ends here in one process and under DDP, so the two cannot drift.
+
+    Args:
+        dh: the dataset's hashes.
+        threshold, policy, per_class, priority, sweep_max, leak_pairs: as in :func:`plan_dataset`.
+        labels: per-item labels; ``None`` takes ``dh.labels``.
+        against: hashes of other sets (already hashed with the same method and size).
+        against_fingerprints: their fingerprints, recorded in the plan's provenance.
+
+    Returns:
+        The :class:`~torch_dedup.plan.DedupPlan`.
+
+    Raises:
+        ValueError: bad options.
+    """
+    n = len(dh)
+    labels = check_labels(labels if labels is not None else dh.labels, n, per_class)
+    provenance = {**dh.meta, "from_cache": dh.from_cache, "n_failures": len(dh.failures),
+                  "against_fingerprints": list(against_fingerprints), "versions": library_versions()}
+    settings = {"method": dh.meta["method"], "hash_size": int(dh.meta["hash_size"]), "decode": dh.meta["decode"]}
+    extra = {"leak_pairs": True} if leak_pairs else {}
+    return find_duplicates(dh.hashes, threshold, policy=policy, priority=_priority_array(priority, n),
+                           labels=labels, per_class=per_class, against=against, valid=dh.valid,
+                           sweep_max=sweep_max, provenance=provenance, settings=settings, **extra)
+
+
+def plan_dataset_distributed(ds, threshold: int = 6, *, group=None, **settings: Any) -> DedupPlan:
+    """Deprecated: :func:`plan_dataset` is DDP-aware by itself (``distributed="auto"``).
+
+    Kept for code written against torch_dedup 0.1; it is ``plan_dataset(ds, threshold,
+    distributed=True, group=group, **settings)`` and will be removed in 0.3.
+    """
+    warnings.warn("plan_dataset_distributed is deprecated: plan_dataset is a collective by itself under DDP "
+                  "(distributed='auto'); call plan_dataset(ds, ...) instead.", DeprecationWarning, stacklevel=2)
+    return plan_dataset(ds, threshold, distributed=True, group=group, **settings)
+
+
+# -- what a consumer (sampler, dataset wrapper) gets -------------------------------------------
+
+@dataclass(frozen=True)
+class ResolvedPlan:
+    """A plan and how it was obtained.
+
+    Attributes:
+        plan: the :class:`~torch_dedup.plan.DedupPlan`.
+        how: ``"given"``, ``"loaded"`` (from a plan file), ``"sidecar"`` (hashes read from
+            a sidecar) or ``"computed"`` (hashes computed now).
+        seconds: wall time spent obtaining it.
+    """
+
+    plan: DedupPlan
+    how: str
+    seconds: float
+
+
+def _check_dataset(ds, owner: str) -> int:
+    from torch.utils.data import IterableDataset
+    if isinstance(ds, IterableDataset):
+        raise TypeError(
+            f"{owner} needs a map-style dataset, but {type(ds).__name__} is an IterableDataset (a stream "
+            f"has no length or random access to sample from). Deduplicate streams with the webdataset "
+            f"filter torch_dedup.wds, or wrap the data in a map-style Dataset.")
+    try:
+        n = len(ds)
+    except TypeError:
+        raise TypeError(
+            f"{owner} needs a map-style dataset with __len__ and __getitem__; {type(ds).__name__} has no "
+            f"__len__. For streams use the webdataset filter torch_dedup.wds.") from None
+    if n == 0:
+        raise EmptyDedupError(f"{owner}: {type(ds).__name__} is empty (len 0); there is nothing to sample.")
+    return n
+
+
+def _check_plan_settings(plan: DedupPlan, options: DedupOptions) -> None:
+    """Refuse a given plan whose settings contradict settings the caller changed from their defaults.
+
+    A plan decides threshold, policy and the rest by itself; silently following it while the
+    caller asked for something else would be the quiet kind of wrong.
+    """
+    defaults = DedupOptions()
+    made = {"threshold": plan.threshold, "policy": plan.policy, "per_class": plan.per_class,
+            "method": plan.settings.get("method"), "hash_size": plan.settings.get("hash_size")}
+    clash = [f"{k}={getattr(options, k)!r} (the plan has {v!r})" for k, v in made.items()
+             if v is not None and getattr(options, k) != getattr(defaults, k) and getattr(options, k) != v]
+    if clash:
+        raise ValueError(f"plan= was made with other settings than the ones given: {'; '.join(clash)}. A given plan "
+                         f"is followed as it is: drop those settings, or drop plan= to plan with them.")
+
+
+def _given_plan(ds, n: int, plan, options: DedupOptions) -> tuple[DedupPlan, str]:
+    if isinstance(plan, (str, os.PathLike)):
+        plan, how = DedupPlan.load(plan), "loaded"
+    elif isinstance(plan, DedupPlan):
+        how = "given"
+    else:
+        raise TypeError(f"plan={plan!r} must be a DedupPlan or the path of a saved one (DedupPlan.save), "
+                        f"got {type(plan).__name__}")
+    _check_plan_settings(plan, options)
+    # Only the fingerprint is read here (cheap: a digest of arrays or of file stats), no image.
+    try:
+        fingerprint = source_of(ds, options.image_fn, fingerprint=options.fingerprint).fingerprint
+    except (TypeError, ValueError) as exc:
+        logger.debug("no fingerprint for %s (%s); checking the plan by length only", type(ds).__name__, exc)
+        fingerprint = None
+    plan.check_compatible(n, fingerprint)
+    return plan, how
+
+
+def resolve_plan(ds, options: DedupOptions, *, plan=None, owner: str = "DedupSampler",
+                 distributed: bool | str = "auto") -> ResolvedPlan:
+    """Obtain the plan a consumer follows: the given one (checked) or :func:`plan_dataset`'s.
+
+    Args:
+        ds: the map-style dataset.
+        options: the dedup options (ignored for hashing when ``plan`` is given).
+        plan: ``None`` (compute), a :class:`~torch_dedup.plan.DedupPlan`, or a saved plan's path.
+        owner: the consumer's name, for messages.
+        distributed: as in :func:`plan_dataset`.
+
+    Returns:
+        A :class:`ResolvedPlan`.
+
+    Raises:
+        TypeError: ``ds`` is an ``IterableDataset``, has no ``__len__``, or ``plan`` is of a bad type.
+        EmptyDedupError: ``ds`` is empty, or the plan keeps nothing.
+        PlanError: the plan was made for another dataset, or its file is unusable.
+
+    Example:
+        >>> resolved = resolve_plan(ds, DedupOptions(threshold=4))  # doctest: +SKIP
+        >>> resolved.plan.n_kept, resolved.how  # doctest: +SKIP
+    """
+    if not isinstance(options, DedupOptions):
+        raise TypeError(f"options={options!r} must be a DedupOptions; the option names are {option_names()}")
+    n = _check_dataset(ds, owner)
+    t0 = time.perf_counter()
+    if plan is not None:
+        plan, how = _given_plan(ds, n, plan, options)
+    else:
+        plan = plan_with(ds, options, distributed=distributed)
+        how = "sidecar" if plan.provenance.get("from_cache") else "computed"
+    seconds = time.perf_counter() - t0
+    if plan.n_kept == 0:
+        raise EmptyDedupError(
+            f"{owner}: the plan keeps none of the {plan.n} items of {type(ds).__name__} ("
+            f"{int(np.count_nonzero(plan.failed))} failed to hash, {int(np.count_nonzero(plan.leaked))} leaked "
+            f"into against=); fix the failing images, or loosen against= / the threshold (now {plan.threshold}).")
+    sidecar = {"sidecar": "sidecar hit", "computed": "sidecar miss" if plan.provenance.get("sidecar")
+               else "no sidecar", "loaded": "plan file", "given": "plan given"}[how]
+    logger.info("%s: %s %d -> %d items kept (%.1f%% removed), threshold %d, %s, %.2f s, %s",
+                owner, type(ds).__name__, plan.n, plan.n_kept, 100.0 * plan.ratio, plan.threshold,
+                plan.policy, seconds, sidecar)
+    return ResolvedPlan(plan, how, seconds)
