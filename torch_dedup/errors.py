@@ -33,10 +33,14 @@ class ImageDecodeError(DedupError, ValueError):
         self.reason = reason
         self.index = index
         where = source if index is None or str(index) in source else f"{source} (item {index})"
-        super().__init__(
-            f"cannot hash image {where}: {reason}. Fix or remove the file, or pass "
-            f"on_error='skip' to record it and go on without it."
-        )
+        if source.startswith("item ") or source.startswith("<"):
+            # an in-memory item (a dict, a tensor, ...), not a file: say what an image is here
+            fix = ("Make the dataset's item an image (PIL image, uint8 array, [0, 1] float tensor or a "
+                   "path), or pass image_fn=lambda i: <the raw image of item i>; on_error='skip' only "
+                   "helps when a few items are bad")
+        else:
+            fix = "Fix or remove the file, or pass on_error='skip' to record it and go on without it"
+        super().__init__(f"cannot hash image {where}: {reason}. {fix}.")
 
 
 class StoreError(DedupError):

@@ -35,8 +35,8 @@ from .plan import DedupPlan
 from .sidecar import library_versions
 from .sources import labels_of, source_of
 
-__all__ = ["ResolvedPlan", "check_labels", "plan_dataset", "plan_dataset_distributed", "plan_from_hashes",
-           "resolve_plan"]
+__all__ = ["ResolvedPlan", "check_labels", "class_order_bias", "plan_dataset", "plan_dataset_distributed", "plan_from_hashes",
+           "resolve_plan", "warn_if_order_strips_classes"]
 
 logger = logging.getLogger(__name__)
 
@@ -136,6 +136,7 @@ def plan_with(ds, options: DedupOptions, *, distributed: bool | str = "auto", gr
                             labels=labels, priority=options.priority, against=against,
                             against_fingerprints=against_prints, sweep_max=options.sweep_max,
                             leak_pairs=options.leak_pairs)
+    warn_if_order_strips_classes(plan, type(ds).__name__)
     # DEBUG, not INFO: consumers (DedupSampler, DedupDataset, the CLI) log the one INFO line.
     logger.debug("plan_dataset %s: %d -> %d items (%.1f%% kept), threshold %d, %s, %.2f s, sidecar %s",
                  type(ds).__name__, plan.n, plan.n_kept, 100.0 * plan.n_kept / max(plan.n, 1), options.threshold,
@@ -169,6 +170,65 @@ def _hashes_of_against(against, options: DedupOptions, hasher) -> tuple[np.ndarr
     return np.concatenate(parts), prints
 
 
+#: The class-order warning fires when at least this share of near-duplicate removals cross
+#: labels, the flow between classes is at least this one-sided, and the per-class removal
+#: rates differ by at least this many points.
+_ORDER_MIN_CROSS, _ORDER_MIN_ONE_SIDED, _ORDER_MIN_SPREAD = 0.05, 0.6, 0.10
+
+
+def class_order_bias(plan: DedupPlan) -> dict | None:
+    """How far the keep order, rather than the data, decides which classes lose items.
+
+    When near-duplicates cross labels and ``per_class`` is off, the item kept is the one
+    first in keep order. With dataset order on class-sorted data (an ``ImageFolder``), the
+    class listed first then wins every cross-label pair, and the later classes are
+    stripped. Under a keep order unrelated to the labels the wins between two classes are
+    about even; a one-sided flow means the order decides.
+
+    Returns:
+        ``None`` when there is nothing to say, else ``{"cross_share", "one_sided",
+        "removed_pct": {label: percent}}``.
+    """
+    if plan.labels is None or plan.per_class:
+        return None
+    removed = plan.removed_indices
+    if len(removed) == 0:
+        return None
+    labels = plan.labels
+    own, theirs = labels[removed], labels[plan.representative[removed]]
+    cross = own != theirs
+    n_cross = int(np.count_nonzero(cross))
+    if n_cross < max(20, _ORDER_MIN_CROSS * len(removed)):
+        return None
+    a, b = theirs[cross], own[cross]              # an item of class b removed for one of class a
+    lo, hi = np.minimum(a, b), np.maximum(a, b)
+    pair, inverse = np.unique(np.stack([lo, hi], axis=1), axis=0, return_inverse=True)
+    net = np.abs(np.bincount(inverse.reshape(-1), weights=np.where(a < b, 1.0, -1.0), minlength=len(pair)))
+    one_sided = float(net.sum() / n_cross)
+    counts = plan.per_class_counts()
+    pct = {c: 100.0 * (before - kept) / before for c, (before, kept) in counts.items() if before}
+    if one_sided < _ORDER_MIN_ONE_SIDED or (max(pct.values()) - min(pct.values())) < 100 * _ORDER_MIN_SPREAD:
+        return None
+    return {"cross_share": n_cross / len(removed), "one_sided": one_sided, "removed_pct": pct}
+
+
+def warn_if_order_strips_classes(plan: DedupPlan, name: str = "the dataset") -> None:
+    """Log a WARNING naming the fix when the keep order strips some classes far faster (see :func:`class_order_bias`)."""
+    bias = class_order_bias(plan)
+    if bias is None:
+        return
+    pct = bias["removed_pct"]
+    worst = sorted(pct, key=lambda c: -pct[c])
+    shown = ", ".join(f"{c}: {pct[c]:.0f}%" for c in worst[:3]) + " ... " + \
+        ", ".join(f"{c}: {pct[c]:.0f}%" for c in worst[-2:])
+    logger.warning(
+        "%s: the keep order decides which classes lose images: %.0f%% of the near-duplicates removed have a "
+        "representative of another label, and between classes the wins are %.0f%% one-sided; removed per class "
+        "(label: %%) %s. Pass per_class=True (duplicates only within a class), or a keep order unrelated to the "
+        "labels, e.g. priority=np.random.default_rng(0).random(len(ds)).",
+        name, 100 * bias["cross_share"], 100 * bias["one_sided"], shown)
+
+
 def _priority_array(priority, n: int):
     if priority is None or not callable(priority):
         return priority
@@ -178,18 +238,40 @@ def _priority_array(priority, n: int):
 def check_labels(labels, n: int, per_class: bool, name: str = "the dataset") -> np.ndarray | None:
     """Validate per-item labels (``None`` allowed unless ``per_class``) and return them as int64.
 
+    Integer labels are used as they are. Labels of any other kind that compare by equality
+    (strings such as ``"cat"``, or other hashable values) are replaced by codes ``0..K-1`` in
+    sorted order of their values: only equality matters to dedup, so the plan is the same.
+
     Raises:
-        ValueError: ``per_class`` without labels, or labels of the wrong shape.
+        ValueError: ``per_class`` without labels, labels of the wrong shape, or labels that
+            are neither integers nor comparable values (e.g. non-integral floats).
     """
     if per_class and labels is None:
         raise ValueError(f"per_class=True but {name} has no targets/labels; pass labels= "
-                         "(one int per item) or use per_class=False")
+                         "(one label per item) or use per_class=False")
     if labels is None:
         return None
-    labels = np.asarray(labels, dtype=np.int64)
-    if labels.shape != (n,):
-        raise ValueError(f"labels has shape {labels.shape} but {name} has {n} items; pass one int label per item")
-    return labels
+    if hasattr(labels, "numpy") and callable(labels.numpy):  # a tensor
+        labels = labels.numpy()
+    arr = np.asarray(labels)
+    if arr.shape != (n,):
+        raise ValueError(f"labels has shape {arr.shape} but {name} has {n} items; pass one label per item")
+    if arr.dtype.kind in "iub":
+        return arr.astype(np.int64)
+    if arr.dtype.kind == "f":
+        if not np.all(np.isfinite(arr)) or not np.array_equal(arr, np.round(arr)):
+            raise ValueError(f"labels of {name} are floats that are not whole numbers (e.g. {arr[0]!r}); pass "
+                             f"one class label per item (ints or strings), not scores or soft labels")
+        return arr.astype(np.int64)
+    try:
+        values, codes = np.unique(arr.astype(str) if arr.dtype.kind == "O" else arr, return_inverse=True)
+    except TypeError as exc:
+        raise ValueError(f"labels of {name} cannot be compared ({exc}); pass one int or string label per "
+                         f"item") from None
+    logger.info("labels of %s are %s values; compared as codes 0..%d in sorted order (%s)", name, arr.dtype,
+                len(values) - 1, ", ".join(f"{v!s}={i}" for i, v in enumerate(values[:5].tolist()))
+                + (", ..." if len(values) > 5 else ""))
+    return codes.reshape(-1).astype(np.int64)
 
 
 def plan_from_hashes(dh: DatasetHashes, threshold: int = 6, *, policy: str = "greedy", per_class: bool = False,
@@ -215,7 +297,9 @@ def plan_from_hashes(dh: DatasetHashes, threshold: int = 6, *, policy: str = "gr
     """
     n = len(dh)
     labels = check_labels(labels if labels is not None else dh.labels, n, per_class)
+    first = dh.failures[0] if dh.failures else None
     provenance = {**dh.meta, "from_cache": dh.from_cache, "n_failures": len(dh.failures),
+                  "first_failure": None if first is None else [int(first[0]), str(first[1]), str(first[2])],
                   "against_fingerprints": list(against_fingerprints), "versions": library_versions()}
     settings = {"method": dh.meta["method"], "hash_size": int(dh.meta["hash_size"]), "decode": dh.meta["decode"]}
     extra = {"leak_pairs": True} if leak_pairs else {}
@@ -340,10 +424,17 @@ def resolve_plan(ds, options: DedupOptions, *, plan=None, owner: str = "DedupSam
         how = "sidecar" if plan.provenance.get("from_cache") else "computed"
     seconds = time.perf_counter() - t0
     if plan.n_kept == 0:
+        n_failed, n_leaked = int(np.count_nonzero(plan.failed)), int(np.count_nonzero(plan.leaked))
+        first = plan.provenance.get("first_failure")
+        why = ""
+        if n_failed == plan.n and first:
+            why = (f" Every item failed to hash, so on_error='skip' cannot help: the first, {first[1]}, failed "
+                   f"with: {first[2]}. Give image_fn= that returns each item's raw image (PIL image, uint8 "
+                   f"array or path).")
         raise EmptyDedupError(
             f"{owner}: the plan keeps none of the {plan.n} items of {type(ds).__name__} ("
-            f"{int(np.count_nonzero(plan.failed))} failed to hash, {int(np.count_nonzero(plan.leaked))} leaked "
-            f"into against=); fix the failing images, or loosen against= / the threshold (now {plan.threshold}).")
+            f"{n_failed} failed to hash, {n_leaked} leaked into against=); fix the failing images, or loosen "
+            f"against= / the threshold (now {plan.threshold}).{why}")
     sidecar = {"sidecar": "sidecar hit", "computed": "sidecar miss" if plan.provenance.get("sidecar")
                else "no sidecar", "loaded": "plan file", "given": "plan given"}[how]
     logger.info("%s: %s %d -> %d items kept (%.1f%% removed), threshold %d, %s, %.2f s, %s",
