@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import sys
 from pathlib import Path
 
 from ._options import EXIT_OK, add_plan_options, emit_json, open_cli_target, plan_target
@@ -9,7 +10,10 @@ from ._options import EXIT_OK, add_plan_options, emit_json, open_cli_target, pla
 
 def register(sub) -> None:
     p = sub.add_parser("report", help="static HTML gallery of the duplicate groups + a PNG contact sheet")
-    p.add_argument("target", metavar="TARGET")
+    p.add_argument("target", metavar="TARGET",
+                   help="a dataset TARGET (see 'torch-dedup scan --help'), or webdataset shards: a .tar path or "
+                        "brace pattern like 'shards/shard-{000000..000099}.tar' (the same gallery, samples named "
+                        "shard:key)")
     add_plan_options(p)
     p.add_argument("--out", "-o", required=True, metavar="DIR", help="report folder (created)")
     p.add_argument("--plan", metavar="FILE", help="show this saved plan (scan --plan-out) instead of computing one")
@@ -29,6 +33,8 @@ def cmd_report(args, out) -> int:
     for name in ("max_groups", "per_page", "max_members", "sheet_groups"):
         if getattr(args, name) < 1:
             raise ValueError(f"--{name.replace('_', '-')} {getattr(args, name)}: must be >= 1")
+    if _is_shards(args.target):
+        return _report_shards(args, out)
     target = open_cli_target(args.target)
     if args.plan:
         plan = DedupPlan.load(args.plan)
@@ -51,5 +57,54 @@ def cmd_report(args, out) -> int:
         emit_json(info)
     else:
         out(f"{info['groups_shown']} of {n_dup} duplicate groups on {len(pages)} page(s): {pages[0]}")
+        out(f"contact sheet: {sheet}")
+    return EXIT_OK
+
+
+def _is_shards(spec: str) -> bool:
+    """Whether TARGET names webdataset shards (tar files), not a dataset."""
+    return spec.lower().split("::")[0].endswith((".tar", ".tgz", ".tar.gz"))
+
+
+def _report_shards(args, out) -> int:
+    """The same gallery for webdataset shards: the shard plan's DedupPlan, images read from the shards."""
+    from ..report import duplicate_groups, write_contact_sheet, write_html_report
+    from ..wds import ShardPlan, plan_shards
+    from ..wds.shard_images import SampleNames, ShardImages
+    from ..wds.shard_urls import expand_shard_urls, shard_id
+
+    if args.per_class:
+        raise ValueError("--per-class: webdataset shards carry no labels torch_dedup reads; drop --per-class")
+    urls = expand_shard_urls(args.target)
+    if args.plan:
+        splan = ShardPlan.load(args.plan)
+        if [shard_id(u) for u in urls] != [sh["id"] for sh in splan.shards]:
+            raise ValueError(f"--plan {args.plan} was made for {len(splan.shards)} other shard(s) (first: "
+                             f"{splan.urls[0] if splan.urls else None!r}), not {args.target!r}; pass the shards "
+                             "the plan was made for, or make the plan with 'torch-dedup wds plan'")
+    else:
+        splan = plan_shards(urls, args.threshold, method=args.method, hash_size=args.hash_size, policy=args.policy,
+                            sidecar_dir=args.cache_dir, workers=args.workers, on_error=args.on_error,
+                            progress=not (args.no_progress or args.quiet), refresh=getattr(args, "refresh", False))
+    for url, why in splan.shard_errors:
+        print(f"torch-dedup report: warning: shard {url} was left out or read only in part: {why}", file=sys.stderr)
+    plan = splan.plan
+    wanted = {int(i) for g in duplicate_groups(plan, args.max_groups, args.max_members) for i in g.members}
+    wanted |= {int(i) for g in duplicate_groups(plan, args.sheet_groups, 10) for i in g.members}
+    image_of = ShardImages(splan, wanted)
+    pages = write_html_report(plan, image_of, args.out, paths=SampleNames(splan), max_groups=args.max_groups,
+                              max_members=args.max_members, groups_per_page=args.per_page,
+                              thumb_size=args.thumb_size, inline=args.inline, title=f"torch_dedup: {args.target}")
+    sheet = write_contact_sheet(plan, image_of, Path(args.out) / "contact_sheet.png", max_groups=args.sheet_groups)
+    n_dup = int((plan.group_sizes() > 1).sum())
+    info = {"n": splan.n, "n_kept": splan.n_kept, "n_shards": len(splan.shards), "threshold": plan.threshold,
+            "policy": plan.policy, "n_groups_with_duplicates": n_dup, "groups_shown": min(n_dup, args.max_groups),
+            "pages": [str(p) for p in pages], "contact_sheet": str(sheet),
+            "shard_errors": [list(e) for e in splan.shard_errors]}
+    if args.json:
+        emit_json(info)
+    else:
+        out(f"{info['groups_shown']} of {n_dup} duplicate groups over {len(splan.shards)} shards on "
+            f"{len(pages)} page(s): {pages[0]}")
         out(f"contact sheet: {sheet}")
     return EXIT_OK

@@ -8,7 +8,10 @@ code, like the other commands of :mod:`torch_dedup.cli`.
 from __future__ import annotations
 
 import argparse
+import functools
 import json
+import re
+import sys
 import time
 
 from ._options import add_hashing_args, add_output_args
@@ -19,7 +22,9 @@ __all__ = ["register"]
 def _shard_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("shards", nargs="+", metavar="SHARD",
                    help="shard paths or URLs; brace patterns like 'data/shard-{000000..000099}.tar' are expanded")
-    add_hashing_args(p, workers_help="processes hashing shards (default: all cores)",
+    add_hashing_args(p, workers_help="processes hashing shards (default: one per core, at most one per shard; "
+                                     "0, in this process, below 256 MB of local shards, where starting "
+                                     "processes costs more than it saves)",
                      on_error_help="damaged shards and undecodable images: stop (default) or record and go on")
     p.add_argument("--image-exts", default="jpg;jpeg;png;webp;ppm;bmp",
                    help="suffixes holding the image, in order of preference (default jpg;jpeg;png;webp;ppm;bmp)")
@@ -57,7 +62,7 @@ def register(subparsers) -> argparse.ArgumentParser:
 
     p = sub.add_parser("hash", help="hash every shard without a valid sidecar (incremental, resumable)")
     _shard_args(p)
-    p.set_defaults(func=_cmd_hash)
+    p.set_defaults(func=_cli_errors(_cmd_hash))
 
     p = sub.add_parser("plan", help="hash what is missing, then decide across all shards which samples to drop")
     _shard_args(p)
@@ -66,7 +71,7 @@ def register(subparsers) -> argparse.ArgumentParser:
     p.add_argument("--keep-failed", action="store_true", help="pass samples whose image could not be hashed")
     p.add_argument("--out", "-o", required=True, help="plan file to write (e.g. shards/dedup.tdplan)")
     p.add_argument("--drop-list", help="also write the dropped samples as 'url<TAB>key' lines to this file")
-    p.set_defaults(func=_cmd_plan)
+    p.set_defaults(func=_cli_errors(_cmd_plan))
 
     p = sub.add_parser("rewrite", help="write the samples a plan keeps into new shards")
     p.add_argument("--plan", required=True, help="plan file from 'torch-dedup wds plan'")
@@ -79,8 +84,53 @@ def register(subparsers) -> argparse.ArgumentParser:
     p.add_argument("--overwrite", action="store_true", help="allow existing shards named like --pattern in --out")
     p.add_argument("--no-sidecars", action="store_true", help="do not write sidecars for the new shards")
     add_output_args(p)
-    p.set_defaults(func=_cmd_rewrite)
+    p.set_defaults(func=_cli_errors(_cmd_rewrite))
     return wds
+
+
+# library words -> command-line words, for messages that name a fix
+_FLAGS = ((r"on_error='skip'", "--on-error skip"), (r"on_error='raise'", "--on-error raise"),
+          (r"overwrite=True", "--overwrite"), (r"sidecar_dir=", "--sidecar-dir "), (r"refresh=True", "--refresh"),
+          (r"drop_failed=False", "--keep-failed"), (r"workers=", "--workers "),
+          (r"plan_shards\(\.\.\., out=FILE\)", "--out FILE"))
+
+
+def cli_words(text: str, args) -> str:
+    """A library message in the words of the command line: ``--on-error skip`` for
+    ``on_error='skip'`` and so on; no advice to pass ``--on-error skip`` when it was given.
+
+    Example:
+        >>> cli_words("pass on_error='skip' to go on", argparse.Namespace(on_error="raise"))
+        'pass --on-error skip to go on'
+    """
+    if getattr(args, "on_error", None) == "skip":
+        text = re.sub(r",? or pass on_error='skip'[^.;]*", "", text)
+    for lib, cli in _FLAGS:
+        text = re.sub(r"\b" + lib, cli, text)
+    return re.sub(r"  +", " ", text)
+
+
+def _cli_errors(cmd):
+    """Run a ``wds`` handler; a bad input or argument becomes one line on stderr and exit code 2."""
+    from ..errors import DedupError
+
+    @functools.wraps(cmd)
+    def run(args, out) -> int:
+        try:
+            return cmd(args, out)
+        except ImportError as exc:
+            return _engine_missing(args, exc)
+        except (DedupError, ValueError, OSError) as exc:
+            print(f"torch-dedup wds {args.wds_command}: error: {cli_words(str(exc), args)}", file=sys.stderr)
+            return 2
+    return run
+
+
+def _warn_skipped(args, errors) -> None:
+    """Name every missing or damaged shard on stderr (also with --quiet and --json: data was left out)."""
+    for url, why in errors:
+        print(f"torch-dedup wds {args.wds_command}: warning: shard {url} was left out or read only in part: "
+              f"{cli_words(why, args)}", file=sys.stderr)
 
 
 def _urls(args) -> list[str]:
@@ -92,12 +142,10 @@ def _urls(args) -> list[str]:
 def _hash_kwargs(args) -> dict:
     return {"image_exts": args.image_exts, "sidecar_dir": args.sidecar_dir, "workers": args.workers,
             "on_error": args.on_error, "fast_decode": args.fast_decode, "refresh": args.refresh,
-            "progress": not args.no_progress, "engine": args.engine, "ray_address": args.ray_address}
+            "progress": not (args.no_progress or args.quiet), "engine": args.engine, "ray_address": args.ray_address}
 
 
 def _engine_missing(args, exc: ImportError) -> int:
-    import sys
-
     print(f"torch-dedup wds {args.wds_command}: error: {exc}", file=sys.stderr)
     return 2  # usage error: the engine asked for is not installed
 
@@ -106,10 +154,8 @@ def _cmd_hash(args, out) -> int:
     from ..wds import hash_shards
 
     t0 = time.perf_counter()
-    try:
-        h = hash_shards(_urls(args), args.method, args.hash_size, **_hash_kwargs(args))
-    except ImportError as exc:
-        return _engine_missing(args, exc)
+    h = hash_shards(_urls(args), args.method, args.hash_size, **_hash_kwargs(args))
+    _warn_skipped(args, h.errors)
     info = {"shards": len(h.urls), "hashed": len(h.hashed), "cached": len(h.cached), "samples": h.n_samples,
             "images_hashed": int(sum(int(sc.valid.sum()) for sc in h.sidecars)), "no_image": len(h.no_image),
             "failures": len(h.failures), "shard_errors": [list(e) for e in h.errors],
@@ -131,11 +177,9 @@ def _cmd_hash(args, out) -> int:
 def _cmd_plan(args, out) -> int:
     from ..wds import plan_shards
 
-    try:
-        plan = plan_shards(_urls(args), args.threshold, method=args.method, hash_size=args.hash_size,
-                           policy=args.policy, drop_failed=not args.keep_failed, out=args.out, **_hash_kwargs(args))
-    except ImportError as exc:
-        return _engine_missing(args, exc)
+    plan = plan_shards(_urls(args), args.threshold, method=args.method, hash_size=args.hash_size,
+                       policy=args.policy, drop_failed=not args.keep_failed, out=args.out, **_hash_kwargs(args))
+    _warn_skipped(args, plan.shard_errors)
     if args.drop_list:
         with open(args.drop_list, "w", encoding="utf-8") as f:
             for url, key in plan.dropped():
@@ -144,9 +188,15 @@ def _cmd_plan(args, out) -> int:
     if args.json:
         print(json.dumps({**s, "plan": plan.path}))
         return 0
-    out(f"{s['n']} samples in {s['n_shards']} shards, threshold {args.threshold} ({args.policy}): dropping "
+    missing = len(plan.shard_errors) - sum(1 for url, _ in plan.shard_errors if url in set(plan.urls))
+    out(f"{s['n']} samples in {s['n_shards']} shards" + (f" ({missing} more left out)" if missing else "") +
+        f", threshold {args.threshold} ({args.policy}): dropping "
         f"{s['n_removed']} ({100 * s['ratio']:.1f}%): {s['n_duplicates']} near-duplicates, {s['n_failed']} failed; "
         f"{s['n_no_image']} samples without an image pass")
+    if plan.shard_errors:
+        out(f"  {len(plan.shard_errors)} shard(s) missing or damaged, left out or planned up to the damage:")
+        for url, why in plan.shard_errors:
+            out(f"  left out or cut: {url}: {cli_words(why, args)}")
     for g in s["largest_groups"][:5]:
         out(f"  group of {g['size']}: keeps {g['kept'][0]} {g['kept'][1]}")
     out(f"plan: {plan.path}")
@@ -161,6 +211,9 @@ def _cmd_rewrite(args, out) -> int:
                          on_error=args.on_error, overwrite=args.overwrite, write_sidecars=not args.no_sidecars)
     info = {"shards": res.shards, "sidecars": res.sidecars, "written": res.n_written, "dropped": res.n_dropped,
             "skipped": [list(s) for s in res.skipped], "seconds": round(time.perf_counter() - t0, 3)}
+    for url, key, why in res.skipped:
+        print(f"torch-dedup wds rewrite: warning: {url}" + (f" sample {key}" if key else "") +
+              f" not written: {cli_words(why, args)}", file=sys.stderr)
     if args.json:
         print(json.dumps(info))
         return 0

@@ -15,15 +15,28 @@ Cluster ownership: when Ray is already initialised in this process, that session
 and left running. Otherwise :func:`ray_session` calls ``ray.init(address=...)`` (a local
 cluster when ``address`` is None and none is running) and disconnects at the end; a
 remote cluster it connected to keeps running.
+
+Bounded connect: ``ray.init`` waits a long time (minutes) on a cluster address whose
+processes are gone, e.g. the "current cluster" record ``ray start`` leaves in Ray's temp
+folder when the cluster was killed instead of stopped with ``ray stop``. So before
+``ray.init``, :func:`resolve_cluster` finds the address Ray would use (the argument,
+``RAY_ADDRESS``, or that record) and checks within :data:`CONNECT_TIMEOUT_S` that
+something listens there: a dead record with no address given is logged and a local
+cluster started instead; a dead address that was asked for raises ``ConnectionError``
+naming it, where it came from, and the fix.
 """
 
 from __future__ import annotations
 
 import contextlib
 import logging
+import os
+import socket
 from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass
 
-__all__ = ["DEFAULT_MAX_RETRIES", "RETRY_EXCEPTIONS", "import_ray", "ray_map", "ray_session"]
+__all__ = ["CONNECT_TIMEOUT_S", "DEFAULT_MAX_RETRIES", "RETRY_EXCEPTIONS", "Cluster", "import_ray", "ray_map",
+           "ray_session", "resolve_cluster"]
 
 logger = logging.getLogger(__name__)
 
@@ -32,6 +45,121 @@ DEFAULT_MAX_RETRIES = 3
 #: Exceptions a task is retried for (transient I/O: network file systems, object stores).
 RETRY_EXCEPTIONS = (ConnectionError, TimeoutError, InterruptedError, BlockingIOError)
 _EXTRA = "pip install 'torch_dedup[ray]'"
+#: Seconds to wait for a TCP connection to a cluster's address before calling it unreachable.
+CONNECT_TIMEOUT_S = 5.0
+
+
+@dataclass(frozen=True)
+class Cluster:
+    """Which Ray cluster a call will use, decided before ``ray.init``.
+
+    Attributes:
+        address: what to pass to ``ray.init`` (``"local"``: start a local cluster).
+        source: where it came from: ``"argument"``, ``"RAY_ADDRESS"``, the record file's path, or
+            ``"none"`` (nothing given or recorded).
+    """
+
+    address: str
+    source: str
+
+    def describe(self) -> str:
+        """Words for the log: ``"a new local cluster"`` or ``"host:port (from RAY_ADDRESS)"``."""
+        if self.address == "local":
+            return "a new local cluster" + ("" if self.source == "none" else f" (instead of {self.source})")
+        return f"{self.address} (from {self.source})"
+
+
+def _record_path(ray) -> str:
+    """Ray's record of the cluster the last ``ray start`` on this machine started."""
+    try:
+        return ray._private.utils.get_ray_address_file(None)
+    except Exception:  # a Ray without this helper: its long-standing default place
+        import tempfile
+
+        return os.path.join(tempfile.gettempdir(), "ray", "ray_current_cluster")
+
+
+def _host_port(address: str) -> tuple[str, int] | None:
+    text = address.split("://", 1)[-1].rsplit("/", 1)[0]
+    host, sep, port = text.rpartition(":")
+    if not sep or not port.isdigit():
+        return None
+    return host.strip("[]") or "127.0.0.1", int(port)
+
+
+def _reachable(address: str, timeout: float) -> bool:
+    hp = _host_port(address)
+    if hp is None:
+        return True  # not host:port (a Ray shorthand): let ray.init decide
+    try:
+        with socket.create_connection(hp, timeout=timeout):
+            return True
+    except OSError:
+        return False
+
+
+def resolve_cluster(address: str | None = None, *, timeout: float = CONNECT_TIMEOUT_S, ray=None) -> Cluster:
+    """The Ray cluster :func:`ray_session` will use, checked to be listening within ``timeout`` s.
+
+    Args:
+        address: ``None`` (``RAY_ADDRESS``, else the cluster ``ray start`` recorded on this
+            machine, else a new local one), ``"auto"`` (``RAY_ADDRESS`` or the recorded cluster;
+            one must run), ``"local"``, or a cluster address (``"head:6379"``, ``"ray://head:10001"``).
+        timeout: seconds to wait for a TCP connection.
+        ray: the ray module (imported when None).
+
+    Returns:
+        A :class:`Cluster`.
+
+    Raises:
+        ConnectionError: the address asked for (argument, ``RAY_ADDRESS``, or the record with
+            ``"auto"``) does not answer; the message names it, where it came from, and the fix.
+
+    Example:
+        >>> resolve_cluster("local")
+        Cluster(address='local', source='argument')
+    """
+    ray = ray or import_ray()
+    if address == "local":
+        return Cluster("local", "argument")
+    env = os.environ.get("RAY_ADDRESS") or None
+    if address not in (None, "auto"):
+        given, source = address, "argument"
+    elif env is not None:
+        given, source = env, "RAY_ADDRESS"
+    else:
+        record = _record_path(ray)
+        try:
+            with open(record, encoding="utf-8") as f:
+                given = f.read().strip() or None
+        except OSError:
+            given = None
+        source = f"Ray's current-cluster record {record}"
+        if given is None:
+            if address == "auto":
+                raise ConnectionError("ray_address='auto': no Ray cluster is recorded on this machine (no "
+                                      f"RAY_ADDRESS, no {record}); start one with `ray start --head`, or pass "
+                                      "ray_address=None to start a local cluster for this call")
+            return Cluster("local", "none")
+        if not _reachable(given, timeout):
+            if address == "auto":
+                raise ConnectionError(
+                    f"ray_address='auto': {source} names {given}, where nothing answers within {timeout:g} s: the "
+                    "cluster was stopped without `ray stop` and the record is stale. Run `ray stop` (or delete "
+                    f"{record}), start a cluster with `ray start --head`, or pass ray_address=None to start a "
+                    "local cluster for this call")
+            logger.warning("%s names %s, where nothing answers within %g s (a cluster stopped without "
+                           "`ray stop`); starting a local cluster instead. Run `ray stop` or delete %s to "
+                           "remove the stale record", source, given, timeout, record)
+            return Cluster("local", f"the stale {source}")
+        return Cluster(given, source)
+    if not _reachable(given, timeout):
+        what = "ray_address" if source == "argument" else "RAY_ADDRESS"
+        raise ConnectionError(f"{what}={given!r}: nothing answers there within {timeout:g} s; check that the "
+                              "cluster runs (`ray status --address HOST:PORT`) and the address and port, or "
+                              + ("unset RAY_ADDRESS" if source == "RAY_ADDRESS" else "pass ray_address=None")
+                              + " to start a local cluster for this call")
+    return Cluster(given, source)
 
 
 def import_ray():
@@ -66,6 +194,7 @@ def ray_session(address: str | None = None, **init_kwargs) -> Iterator[object]:
     Raises:
         ImportError: ray is not installed.
         ValueError: ``address`` is not a non-empty string or None.
+        ConnectionError: the cluster asked for does not answer (:func:`resolve_cluster`).
     """
     if address is not None and (not isinstance(address, str) or not address.strip()):
         raise ValueError(f"ray_address={address!r} must be None (local or RAY_ADDRESS) or a cluster address "
@@ -76,9 +205,10 @@ def ray_session(address: str | None = None, **init_kwargs) -> Iterator[object]:
             logger.info("Ray is already initialised in this process; using that session, not %s", address)
         yield ray
         return
-    ray.init(address=address, **{"log_to_driver": False, **init_kwargs})
-    logger.info("connected to Ray at %s (%s CPUs)", address or "a local cluster",
-                ray.cluster_resources().get("CPU"))
+    cluster = resolve_cluster(address, ray=ray)
+    ray.init(address=cluster.address, **{"log_to_driver": False, **init_kwargs})
+    logger.info("Ray engine: using %s, GCS %s, %s CPUs", cluster.describe(),
+                ray.get_runtime_context().gcs_address, ray.cluster_resources().get("CPU"))
     try:
         yield ray
     finally:

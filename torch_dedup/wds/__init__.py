@@ -15,6 +15,8 @@ Layer 4: the only place torch_dedup imports webdataset (lazily, inside the funct
 
 from __future__ import annotations
 
+from torch_dedup.errors import PlanError
+
 from .filter import DedupFilter, dedup_filter
 from .rewrite import RewriteResult, rewrite_shards
 from .shard_plan import ShardPlan, plan_shards
@@ -25,6 +27,7 @@ from .tar_samples import ShardReadError, iter_tar_samples
 __all__ = [
     "DEFAULT_IMAGE_EXTS",
     "DedupFilter",
+    "PlanError",
     "RewriteResult",
     "ShardHashes",
     "ShardPlan",

@@ -8,7 +8,8 @@ plan was made for, and writes every kept sample's files unchanged with webdatase
 decoded again). Source shards are only read; an output folder that holds a source shard
 is refused; no member name can place a file outside the output folder. Each new shard is
 written in a staging folder inside ``out_dir`` and moved to its name with ``os.replace``
-once complete, so a crash never leaves a partial shard under a shard name.
+once complete, so neither a crash nor an error (a damaged source, a full disk, an
+interrupt) ever leaves a partial shard under a shard name.
 """
 
 from __future__ import annotations
@@ -177,8 +178,13 @@ def rewrite_shards(plan: ShardPlan | str | os.PathLike, out_dir: str | os.PathLi
     written: dict[str, list[int]] = {}  # new shard (staging name) -> corpus indices written into it
     written_keys: dict[str, set] = {}
     finished: list[str] = []
+    failed = False
 
     def publish(fname: str) -> None:
+        if failed:
+            # ShardWriter.close() finishes the shard in progress even when the copy failed: that
+            # shard is partial, so it stays in staging (removed below) and never gets a final name
+            return
         final = out_dir / Path(fname).name
         with open(fname, "rb+") as f:
             os.fsync(f.fileno())
@@ -191,6 +197,13 @@ def rewrite_shards(plan: ShardPlan | str | os.PathLike, out_dir: str | os.PathLi
         try:
             for s, sh in enumerate(plan.shards):
                 _copy_shard(plan, s, sh["url"], writer, written, written_keys, result, on_error, where)
+        except BaseException:
+            failed = True
+            if finished:
+                logger.warning("rewrite_shards failed after %d complete shard(s) in %s (%s ... %s); the shard in "
+                               "progress was discarded. Fix the cause and run again with overwrite=True",
+                               len(finished), out_dir, Path(finished[0][1]).name, Path(finished[-1][1]).name)
+            raise
         finally:
             writer.close()
     finally:
@@ -219,6 +232,13 @@ def _copy_shard(plan, s, url, writer, written, written_keys, result, on_error, w
             if drop[j - 1]:
                 result.n_dropped += 1
                 continue
+            if not sample.complete:
+                # the last sample before damage the plan did not foresee (the shard was damaged
+                # after planning): some of its members may be cut off, so it is never written
+                why = "cut by the damage to its shard (members may be missing); not written"
+                logger.warning("shard %s sample %r: %s", url, sample.key, why)
+                result.skipped.append((url, sample.key, why))
+                continue
             names = [f"{sample.key}.{stored}" for stored, _ in sample.files.values()]
             bad = [n for n in names if _unsafe_name(n)]
             if bad:
@@ -226,7 +246,7 @@ def _copy_shard(plan, s, url, writer, written, written_keys, result, on_error, w
                                           "refusing to write it", sample.offset, bad[0])
                 if on_error == "raise":
                     raise err
-                logger.warning("%s", err)
+                logger.warning("%s; sample not written", err.detail)
                 result.skipped.append((url, sample.key, err.reason))
                 continue
             obj = {"__key__": sample.key}
@@ -241,8 +261,8 @@ def _copy_shard(plan, s, url, writer, written, written_keys, result, on_error, w
     except ShardReadError as exc:
         if on_error == "raise":
             raise
-        logger.warning("%s", exc)
-        result.skipped.append((url, None, str(exc)))
+        logger.warning("%s; the samples after it are not written", exc.detail)
+        result.skipped.append((url, None, exc.detail))
         return
     if j != len(keys):
         raise PlanError(where, f"shard {url!r} has {j} samples but the plan lists {len(keys)}: the shard "

@@ -28,7 +28,7 @@ import numpy as np
 
 from torch_dedup._checks import check_bool
 from torch_dedup._store import pack_strings, read_store, unpack_strings
-from torch_dedup.errors import EmptyDedupError, PlanError, SidecarError
+from torch_dedup.errors import EmptyDedupError, ImageDecodeError, PlanError, SidecarError
 from torch_dedup.hamming import find_duplicates, popcount64
 from torch_dedup.options import DedupOptions
 from torch_dedup.plan import DedupPlan
@@ -43,6 +43,7 @@ from .shards import (
     _shard_error_text,
     parse_image_exts,
 )
+from .tar_samples import ShardReadError
 
 __all__ = ["STATUS_DUPLICATE", "STATUS_FAILED", "STATUS_KEPT", "STATUS_NO_IMAGE", "ShardPlan", "plan_shards"]
 
@@ -124,7 +125,12 @@ class ShardPlan:
         status[~dp.keep] = STATUS_DUPLICATE
         status[dp.failed] = STATUS_FAILED
         status[~has_image] = STATUS_NO_IMAGE
+        # the last sample read from a damaged shard may have been cut (hash_shard records it as a
+        # failed image); it is dropped even with drop_failed=False: its members are in doubt
+        cut = self.cut_samples()
+        status[cut] = STATUS_FAILED
         drop = (status == STATUS_DUPLICATE) | ((status == STATUS_FAILED) & dp.settings["drop_failed"])
+        drop[cut] = True
         ambiguous = _resolve_ambiguous(drop, _repeated_keys(self.key_blob, self.key_offsets, self.shard_offsets))
         for arr in (status, drop):
             arr.setflags(write=False)
@@ -240,6 +246,53 @@ class ShardPlan:
     def urls(self) -> list[str]:
         """The shard URLs, in corpus order."""
         return [s["url"] for s in self.shards]
+
+    def cut_samples(self) -> np.ndarray:
+        """``int64`` corpus indices of the samples that damage may have cut (the last sample read
+        from each shard in :attr:`shard_errors`): always dropped, never written by a rewrite."""
+        damaged = {u for u, _ in self.shard_errors}
+        off = self.shard_offsets
+        return np.array([int(off[s + 1]) - 1 for s, sh in enumerate(self.shards)
+                         if sh["url"] in damaged and off[s + 1] > off[s]], dtype=np.int64)
+
+    def split_kept_counts(self, world_size: int, num_workers: int = 1) -> np.ndarray:
+        """Samples the filter passes to each ``(rank, worker)`` when the shards, in plan order, are
+        split by webdataset's ``split_by_node`` then ``split_by_worker`` (shard ``s`` goes to rank
+        ``s % world_size``, worker ``(s // world_size) % num_workers``).
+
+        ``int(counts.min())`` is the epoch length that every worker of every rank can yield
+        without repeating a sample: pass it to ``DataPipeline.with_epoch`` (divided by the batch
+        size when the pipeline batches) and all ranks get the same count (docs/webdataset.md,
+        "Equal counts on every rank").
+
+        Args:
+            world_size: DDP ranks (>= 1).
+            num_workers: DataLoader workers per rank (>= 1; count 0 workers as 1).
+
+        Returns:
+            ``int64`` array of shape ``(world_size, num_workers)``.
+
+        Raises:
+            ValueError: a bad count, or more splits than shards (a worker would get no shard).
+
+        Example:
+            >>> counts = plan.split_kept_counts(world_size=2, num_workers=4)  # doctest: +SKIP
+            >>> pipe = pipe.with_epoch(int(counts.min()))  # doctest: +SKIP
+        """
+        for name, v in (("world_size", world_size), ("num_workers", num_workers)):
+            if isinstance(v, bool) or not isinstance(v, (int, np.integer)) or v < 1:
+                raise ValueError(f"{name}={v!r} must be an int >= 1")
+        n_shards = len(self.shards)
+        if world_size * num_workers > n_shards:
+            raise ValueError(f"world_size={world_size} x num_workers={num_workers} = {world_size * num_workers} "
+                             f"splits but the plan has {n_shards} shard(s): some worker would get no shard and "
+                             "yield nothing; use fewer workers, or more, smaller shards")
+        passed = np.concatenate([[0], np.cumsum(~self.drop, dtype=np.int64)])
+        kept = passed[self.shard_offsets[1:]] - passed[self.shard_offsets[:-1]]
+        out = np.zeros((world_size, num_workers), np.int64)
+        idx = np.arange(n_shards)
+        np.add.at(out, (idx % world_size, (idx // world_size) % num_workers), kept)
+        return out
 
     def shard_keys(self, s: int) -> list[str]:
         """The keys of shard ``s``, in stored order."""
@@ -509,10 +562,17 @@ def plan_shards(urls, threshold: int = 6, *, method: str = "phash", hash_size: i
             raise ValueError(f"the ShardHashes were made with {hashes.settings}; pass the same method= and "
                              f"hash_size= (got {method!r}, {hash_size!r})")
         all_urls, errors, run_settings = hashes.urls, list(hashes.errors), hashes.settings
+        if on_error == "raise" and (errors or hashes.failures):
+            note = (f" (these ShardHashes were made with on_error='skip': {len(errors)} shard(s) missing or "
+                    f"damaged, {len(hashes.failures)} image(s) failed); pass on_error='skip' to plan_shards too "
+                    "to plan what was read")
+            if errors:
+                raise ShardReadError(errors[0][0], f"{errors[0][1]}{note}")
+            raise ImageDecodeError(hashes.failures[0][1], f"{hashes.failures[0][2]}{note}")
         for sc in hashes.sidecars:
             blob, off = pack_strings(sc.keys)
             corpus.add(sc.url, sc.hashes, sc.valid, sc.has_image, blob, off, sc.meta.get("fingerprint"),
-                       None if sc.path is None else str(sc.path), None)
+                       None if sc.path is None else str(sc.path), sc.shard_error)
     else:
         exts = parse_image_exts(image_exts)
         _check_engine(engine, ray_address)

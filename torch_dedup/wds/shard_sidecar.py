@@ -19,6 +19,7 @@ from __future__ import annotations
 import hashlib
 import logging
 import os
+import stat
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
@@ -143,7 +144,24 @@ def write_shard_sidecar(path: str | os.PathLike, sc: ShardSidecar, *, method: st
               "failure_index": np.array([f[0] for f in failures], dtype=np.int64),
               "failure_source": src_blob, "failure_source_offsets": src_off,
               "failure_reason": why_blob, "failure_reason_offsets": why_off}
-    return write_store(path, _KIND, meta, arrays)
+    written = write_store(path, _KIND, meta, arrays)
+    _chmod_like_shard(written, sc.url)
+    return written
+
+
+def _chmod_like_shard(path: Path, url: str) -> None:
+    """Give a sidecar the read permissions of its shard (the store writes 0600 temp files), so
+    whoever may read the shard may read its sidecar; 0644 for remote shards."""
+    mode = 0o644
+    if is_local(url):
+        try:
+            mode = stat.S_IMODE(os.stat(local_path(url)).st_mode) & 0o666 | 0o600
+        except OSError:
+            pass
+    try:
+        os.chmod(path, mode)
+    except OSError as exc:  # e.g. a file system without permissions: the sidecar is still valid
+        logger.info("cannot set the mode of %s (%s)", path, exc)
 
 
 def read_shard_sidecar(path: str | os.PathLike, *, expect: Mapping | None = None) -> ShardSidecar:

@@ -42,6 +42,9 @@ logger = logging.getLogger(__name__)
 #: Image suffixes looked for in a sample, in order of preference.
 DEFAULT_IMAGE_EXTS = ("jpg", "jpeg", "png", "webp", "ppm", "bmp")
 _FLUSH = 256  # images decoded and hashed per batch (bounds memory)
+_CUT_REASON = "cut by the damage to its shard (members may be missing or truncated)"
+#: Meta flag of sidecars whose damaged shard's last sample is recorded as failed (older ones are stale).
+_CUT_FLAG = "cut_sample_failed"
 
 
 def parse_image_exts(image_exts: str | Iterable[str]) -> tuple[str, ...]:
@@ -133,6 +136,12 @@ def hash_shard(url: str, method: str = "phash", hash_size: int = 8, *,
         for sample in iter_tar_samples(url):
             i = len(keys)
             keys.append(sample.key)
+            if not sample.complete:
+                # the damage may have cut its image (or any member) off: a failed sample, never
+                # "a sample without an image", so the plan drops it and nothing writes it
+                has_image.append(True)
+                failures.append((i, f"{url}:{sample.key}", _CUT_REASON))
+                continue
             ext = next((e for e in exts if e in sample.files), None)
             has_image.append(ext is not None)
             if ext is not None:
@@ -144,7 +153,8 @@ def hash_shard(url: str, method: str = "phash", hash_size: int = 8, *,
     except ShardReadError as exc:
         if on_error == "raise":
             raise
-        logger.warning("%s", exc)
+        logger.warning("%s; %s", exc.detail, "shard left out" if exc.unopened else
+                       "planning the samples read before the damage")
         shard_error = {"offset": exc.offset, "member": exc.member, "reason": exc.reason}
     if batch:
         flush()
@@ -182,10 +192,31 @@ def _load_valid(paths: list[Path], expect: dict) -> ShardSidecar | None:
     for path in paths:
         if path.exists():
             try:
-                return read_shard_sidecar(path, expect=expect)
+                sc = read_shard_sidecar(path, expect=expect)
             except Exception as exc:
                 logger.warning("ignoring shard sidecar %s: %s", path, getattr(exc, "reason", exc))
+                continue
+            if sc.shard_error is not None and not sc.meta.get(_CUT_FLAG):
+                # written before a sample cut by damage was recorded as failed: it may list that
+                # sample as "no image" (kept and rewritten), so it is stale
+                logger.info("shard sidecar %s predates the rule for samples cut by damage; hashing again", path)
+                continue
+            return sc
     return None
+
+
+def _raise_recorded(url: str, sc: ShardSidecar) -> None:
+    """A raise run over a shard whose valid sidecar records damage or failed images: raise what it records.
+
+    The sidecar was written by an ``on_error="skip"`` run; serving it to a raise run would
+    silently plan only part of the shard, so the recorded error is raised as if read now.
+    """
+    note = f" (recorded in its sidecar {sc.path} by an earlier on_error='skip' run)"
+    if sc.shard_error is not None:
+        err = sc.shard_error
+        raise ShardReadError(url, f"{err.get('reason')}{note}", err.get("offset"), err.get("member"))
+    index, source, reason = sc.failures[0]
+    raise ImageDecodeError(source, f"{reason}{note}", index)
 
 
 def _hash_and_store(url: str, paths: list[str], method: str, hash_size: int, exts: tuple, on_error: str,
@@ -195,14 +226,14 @@ def _hash_and_store(url: str, paths: list[str], method: str, hash_size: int, ext
     try:
         fingerprint = shard_fingerprint(url)  # before reading: a shard changed meanwhile is stale next time
     except OSError as exc:
-        return ("shard_error", url, f"cannot open: {exc}", None, None)
+        return ("shard_error", url, f"cannot open: {exc}", None, None, True)
     try:
         sc = hash_shard(url, method, hash_size, image_exts=exts, on_error=on_error, fast_decode=fast_decode)
     except ShardReadError as exc:
-        return ("shard_error", exc.url, exc.reason, exc.offset, exc.member)
+        return ("shard_error", exc.url, exc.reason, exc.offset, exc.member, exc.unopened)
     except ImageDecodeError as exc:
         return ("image_error", exc.source, exc.reason, exc.index)
-    extra = {"image_exts": list(exts), "hash_env": hash_environment()}
+    extra = {"image_exts": list(exts), "hash_env": hash_environment(), _CUT_FLAG: True, "on_error": on_error}
     last = None
     for path in paths:
         try:
@@ -254,7 +285,7 @@ class ShardHashes:
 
 def _raise(res: tuple) -> None:
     if res[0] == "shard_error":
-        raise ShardReadError(res[1], res[2], res[3], res[4])
+        raise ShardReadError(res[1], res[2], res[3], res[4], unopened=res[5])
     if res[0] == "image_error":
         raise ImageDecodeError(res[1], res[2], res[3])
     raise OSError(f"cannot write the sidecar of shard {res[1]} anywhere ({res[2]}); pass sidecar_dir= "
@@ -290,10 +321,13 @@ def _hash_missing(urls, method, hash_size, exts, sidecar_dir, workers, on_error,
             fingerprint = shard_fingerprint(url)
         except OSError as exc:
             if on_error == "raise":
-                raise ShardReadError(url, f"cannot open: {exc}") from None
+                raise ShardReadError(url, f"cannot open: {exc}", unopened=True) from None
+            logger.warning("skipping shard %s: cannot open: %s", url, exc)
             errors[i] = (url, f"cannot open: {exc}")
             continue
         sc = None if refresh else _load_valid(paths, _expect(fingerprint, method, hash_size, decode, exts))
+        if sc is not None and on_error == "raise" and (sc.shard_error is not None or sc.failures):
+            _raise_recorded(url, sc)
         if sc is None:
             todo.append((i, url, [str(p) for p in paths]))
         else:
@@ -308,6 +342,8 @@ def _hash_missing(urls, method, hash_size, exts, sidecar_dir, workers, on_error,
         done[i] = res
         if res[0] != "ok" and (on_error == "raise" or res[0] == "write_error"):
             _raise(res)
+        if res[0] == "shard_error":
+            logger.warning("skipping shard %s: %s", res[1], res[2])
 
     if engine == "ray":
         from torch_dedup.engines.ray import ray_map
