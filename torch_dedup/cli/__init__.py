@@ -23,7 +23,7 @@ import sys
 
 from ..errors import DedupError
 from . import _demo, _inspect, _leak, _report
-from ._options import EXIT_USAGE
+from ._options import EXIT_USAGE, cli_words
 
 __all__ = ["build_parser", "main"]
 
@@ -59,7 +59,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         return int(args.func(args, out))
     except (DedupError, ValueError, OSError) as exc:
-        print(f"torch-dedup {args.command}: error: {exc}", file=sys.stderr)
+        print(f"torch-dedup {args.command}: error: {cli_words(str(exc), args)}", file=sys.stderr)
         return EXIT_USAGE
     except KeyboardInterrupt:
         print(f"torch-dedup {args.command}: interrupted", file=sys.stderr)

@@ -6,6 +6,7 @@ import argparse
 import csv
 import json
 import os
+import re
 import sys
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -23,6 +24,28 @@ EXIT_OK, EXIT_INTERNAL, EXIT_USAGE, EXIT_LEAK = 0, 1, 2, 3
 TARGET_HELP = ("'sample' (the embedded Fashion-MNIST), an image folder (ImageFolder or any tree of images), "
                "a .npy/.npz uint8 image array, or NAME:ROOT[:train|:test] with NAME one of fashion-mnist, "
                "mnist, kmnist, cifar10, cifar100, svhn (webdataset shards: see 'torch-dedup wds')")
+
+
+_FLAGS = ((r"on_error='skip'", "--on-error skip"), (r"on_error='raise'", "--on-error raise"),
+          (r"overwrite=True", "--overwrite"), (r"sidecar_dir=", "--sidecar-dir "), (r"refresh=True", "--refresh"),
+          (r"drop_failed=False", "--keep-failed"), (r"workers=", "--workers "),
+          (r"plan_shards\(\.\.\., out=FILE\)", "--out FILE"), (r"cache_dir=", "--cache-dir "),
+          (r"fast_decode=True", "--fast-decode"))
+
+
+def cli_words(text: str, args) -> str:
+    """A library message in the words of the command line: ``--on-error skip`` for
+    ``on_error='skip'`` and so on; no advice to pass ``--on-error skip`` when it was given.
+
+    Example:
+        >>> cli_words("pass on_error='skip' to go on", argparse.Namespace(on_error="raise"))
+        'pass --on-error skip to go on'
+    """
+    if getattr(args, "on_error", None) == "skip":
+        text = re.sub(r",? or pass on_error='skip'[^.;]*", "", text)
+    for lib, cli in _FLAGS:
+        text = re.sub(r"\b" + lib, cli, text)
+    return re.sub(r"  +", " ", text)
 
 
 def add_hashing_args(p: argparse.ArgumentParser, *, workers_help: str, on_error_help: str) -> None:

@@ -10,11 +10,10 @@ from __future__ import annotations
 import argparse
 import functools
 import json
-import re
 import sys
 import time
 
-from ._options import add_hashing_args, add_output_args
+from ._options import add_hashing_args, add_output_args, cli_words
 
 __all__ = ["register"]
 
@@ -89,27 +88,6 @@ def register(subparsers) -> argparse.ArgumentParser:
 
 
 # library words -> command-line words, for messages that name a fix
-_FLAGS = ((r"on_error='skip'", "--on-error skip"), (r"on_error='raise'", "--on-error raise"),
-          (r"overwrite=True", "--overwrite"), (r"sidecar_dir=", "--sidecar-dir "), (r"refresh=True", "--refresh"),
-          (r"drop_failed=False", "--keep-failed"), (r"workers=", "--workers "),
-          (r"plan_shards\(\.\.\., out=FILE\)", "--out FILE"))
-
-
-def cli_words(text: str, args) -> str:
-    """A library message in the words of the command line: ``--on-error skip`` for
-    ``on_error='skip'`` and so on; no advice to pass ``--on-error skip`` when it was given.
-
-    Example:
-        >>> cli_words("pass on_error='skip' to go on", argparse.Namespace(on_error="raise"))
-        'pass --on-error skip to go on'
-    """
-    if getattr(args, "on_error", None) == "skip":
-        text = re.sub(r",? or pass on_error='skip'[^.;]*", "", text)
-    for lib, cli in _FLAGS:
-        text = re.sub(r"\b" + lib, cli, text)
-    return re.sub(r"  +", " ", text)
-
-
 def _cli_errors(cmd):
     """Run a ``wds`` handler; a bad input or argument becomes one line on stderr and exit code 2."""
     from ..errors import DedupError
