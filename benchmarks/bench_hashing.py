@@ -2,6 +2,7 @@
 
     python benchmarks/bench_hashing.py           # full (~2-3 min on 2 cores)
     python benchmarks/bench_hashing.py --quick   # small
+    python benchmarks/bench_hashing.py --pool    # only: in-process vs worker processes by file count
 
 Single-core figures: BLAS/OpenMP threads are limited to 1 with threadpoolctl and numba
 to 1 thread, so "img/s" is per core; the "2 cores" column reruns ours with 2 numba
@@ -10,15 +11,18 @@ threads (the prange kernels). Sections:
 1. stacked in-memory 32x32 RGB (real CIFAR-10 JPEGs decoded to an array when the shared
    tarball exists, else the embedded Fashion-MNIST sample resized to 32x32 as RGB);
 2. JPEG files (CIFAR-10 files unpacked to a temp dir, and generated 500x375 JPEGs):
-   imagehash (open + hash) vs hash_images(paths) with workers=0 and workers=2 (persistent
-   pool, started before timing), the decode-only ceiling (open + decode to an array), and
+   imagehash (open + hash) vs hash_images(paths) with workers=0 and workers=2 (each call
+   starts and ends its worker processes, so their start-up is in the figure), the decode-only ceiling (open + decode to an array), and
    fast_decode=True with the share of identical hashes and the mean bit difference;
-3. phash/whash exact-fallback rates on the embedded sample and CIFAR.
+3. phash/whash exact-fallback rates on the embedded sample and CIFAR;
+4. (``--pool``) the pool threshold: hash_images(paths, workers=0) against workers=2 on
+   growing numbers of CIFAR-10 JPEG files (``hashing.POOL_MIN_FILES`` is set from this).
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import io
 import sys
 import tarfile
@@ -33,6 +37,7 @@ from PIL import Image
 from threadpoolctl import threadpool_limits
 
 from torch_dedup.hashing import _methods
+from torch_dedup.hashing import api as hashing_api
 from torch_dedup.hashing._resample import resize_stack, rgb_to_l
 from torch_dedup.hashing.api import METHODS, hash_array, hash_images, to_hex
 from torch_dedup.embedded import load_sample
@@ -102,8 +107,6 @@ def bench_files(paths: list[Path], label: str) -> None:
 
     ceiling = _rate(decode_only, len(paths), repeat=2)
     print(f"decode-only ceiling (Image.open + np.asarray, per core): {ceiling:,.0f} files/s")
-    if len(paths) >= 500:
-        hash_images(paths[:500], "ahash", workers=2)  # start the (persistent) pool once
     for method in ("phash", "dhash", "ahash", "whash"):
         t = time.perf_counter()
         ref = oracle(method)
@@ -112,7 +115,8 @@ def bench_files(paths: list[Path], label: str) -> None:
         ours = hash_images(paths, method)
         r0 = len(paths) / (time.perf_counter() - t)
         t = time.perf_counter()
-        ours2 = hash_images(paths, method, workers=2)
+        with _pool_from(1):
+            ours2 = hash_images(paths, method, workers=2)
         r2 = len(paths) / (time.perf_counter() - t)
         t = time.perf_counter()
         fast = hash_images(paths, method, fast_decode=True)
@@ -122,6 +126,41 @@ def bench_files(paths: list[Path], label: str) -> None:
         bits = np.array([bin(int(x)).count("1") for x in diff.ravel()]).reshape(len(paths), -1).sum(1)
         print(f"{method:8s} {ref_rate:15,.0f} {r0:10,.0f} {r0 / ref_rate:6.1f}x {r2:10,.0f}  {rf:11,.0f} "
               f"{(bits == 0).mean():8.1%} {bits.mean():8.2f}")
+
+
+@contextlib.contextmanager
+def _pool_from(n_files: int):
+    """Let ``hash_images`` start its worker processes from ``n_files`` files on (to time the pool itself)."""
+    saved, hashing_api.POOL_MIN_FILES = hashing_api.POOL_MIN_FILES, n_files
+    try:
+        yield
+    finally:
+        hashing_api.POOL_MIN_FILES = saved
+
+
+def bench_pool(paths: list[Path], sizes: list[int], workers: int = 2, repeat: int = 2) -> None:
+    """Seconds for N files in this process vs in ``workers`` processes started and ended by the call."""
+    print(f"\n## pool threshold: CIFAR-10 32x32 JPEG files, phash, best of {repeat}; workers={workers} "
+          f"includes starting and ending the processes; this process's numba kernels already loaded")
+    print(f"{'files':>7s} {'in-process s':>13s} {'workers s':>10s} {'ratio':>7s}")
+    hash_images(paths[:64], "phash")  # load this process's kernels once, as any earlier call would
+    rows = []
+    for n in sizes:
+        part = paths[:n]
+        t0 = min(_timed(lambda: hash_images(part, "phash")) for _ in range(repeat))
+        with _pool_from(1):
+            tw = min(_timed(lambda: hash_images(part, "phash", workers=workers)) for _ in range(repeat))
+        rows.append((n, t0, tw))
+        print(f"{n:7,d} {t0:13.3f} {tw:10.3f} {tw / t0:6.2f}x")
+    faster = [n for n, t0, tw in rows if tw < t0]
+    print(f"smallest N where workers={workers} beat in-process: {faster[0] if faster else 'none measured'}; "
+          f"hashing.POOL_MIN_FILES = {hashing_api.POOL_MIN_FILES}")
+
+
+def _timed(fn) -> float:
+    t = time.perf_counter()
+    fn()
+    return time.perf_counter() - t
 
 
 def fallback_rates(gray: np.ndarray, label: str) -> None:
@@ -138,7 +177,10 @@ def fallback_rates(gray: np.ndarray, label: str) -> None:
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--quick", action="store_true", help="small run (~30 s)")
+    ap.add_argument("--pool", action="store_true", help="only the pool threshold section (~2 min)")
     args = ap.parse_args(argv)
+    if args.pool:
+        return main_pool()
     n_stack, n_oracle, n_files, n_big = (5000, 500, 600, 60) if args.quick else (50000, 2000, 3000, 200)
 
     numba.set_num_threads(1)
@@ -177,6 +219,19 @@ def main(argv=None) -> int:
         fallback_rates(load_sample()[0], "embedded sample (10,000 x 28x28)")
         if cifar is not None:
             fallback_rates(rgb_to_l(cifar), f"CIFAR-10 ({len(cifar)} x 32x32)")
+    return 0
+
+
+def main_pool() -> int:
+    if not CIFAR_TAR.exists():
+        print(f"{CIFAR_TAR} not found: the pool threshold is measured on the CIFAR-10 JPEGs")
+        return 1
+    sizes = [1000, 2000, 4000, 8000, 16000, 32000]
+    with tempfile.TemporaryDirectory() as tmp:
+        with tarfile.open(CIFAR_TAR) as tar:
+            members = [m for m in tar.getmembers() if m.isfile() and m.name.endswith(".jpg")][:sizes[-1]]
+            tar.extractall(tmp, members=members, filter="data")
+        bench_pool(sorted(Path(tmp).rglob("*.jpg")), sizes)
     return 0
 
 

@@ -60,3 +60,20 @@ def test_wrong_kind_and_object_arrays(tmp_path):
 @given(st.lists(st.text(), max_size=20))
 def test_strings_round_trip(strings):
     assert unpack_strings(*pack_strings(strings)) == strings
+
+
+@settings(max_examples=50, deadline=None)
+@given(st.lists(st.binary(min_size=1, max_size=40).filter(lambda b: b"\0" not in b and b"/" not in b), max_size=10))
+def test_file_names_that_are_not_utf8_round_trip(names):
+    # How Linux hands such names to Python: os.fsdecode with surrogateescape.
+    import os
+
+    strings = [os.fsdecode(b) for b in names]
+    back = unpack_strings(*pack_strings(strings))
+    assert back == strings
+    assert [os.fsencode(s) for s in back] == names
+
+
+def test_a_lone_surrogate_that_is_no_file_name_byte_is_refused_by_name():
+    with pytest.raises(ValueError, match=r"string 1 .*lone surrogate"):
+        pack_strings(["ok", "bad \ud800 text"])

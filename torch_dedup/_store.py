@@ -231,19 +231,39 @@ def _check_padding(f, entries, data_start: int, size: int, path: Path, error) ->
 
 
 def pack_strings(strings) -> tuple[np.ndarray, np.ndarray]:
-    """Encode strings as one UTF-8 byte array and ``len+1`` int64 offsets (no object arrays)."""
-    encoded = [s.encode("utf-8") for s in strings]
+    """Encode strings as one UTF-8 byte array and ``len+1`` int64 offsets (no object arrays).
+
+    File names that are not valid UTF-8 reach Python as ``str`` with lone surrogates
+    (``os.fsdecode``'s ``surrogateescape``); they are stored as their original bytes, so
+    :func:`unpack_strings` gives back the identical ``str`` (and ``os.fsencode`` of it the
+    name on disk). Any other lone surrogate (not from a file name) cannot be stored exactly
+    and raises ``ValueError`` naming the string.
+    """
+    encoded = [_encode(s, k) for k, s in enumerate(strings)]
     offsets = np.zeros(len(encoded) + 1, dtype=np.int64)
     if encoded:
         np.cumsum([len(b) for b in encoded], out=offsets[1:])
     return np.frombuffer(b"".join(encoded), dtype=np.uint8).copy(), offsets
 
 
+def _encode(s: str, k: int) -> bytes:
+    try:
+        return s.encode("utf-8", "surrogateescape")
+    except UnicodeEncodeError as exc:
+        raise ValueError(f"string {k} ({s!r:.200}) holds {s[exc.start:exc.end]!r}, a lone surrogate that is not an "
+                         f"escaped file-name byte, so it cannot be stored exactly; pass text that is valid "
+                         f"Unicode (e.g. s.encode('utf-8', 'replace').decode())") from None
+
+
 def unpack_strings(blob: np.ndarray, offsets: np.ndarray) -> list[str]:
-    """Inverse of :func:`pack_strings`; raises ``ValueError`` on inconsistent offsets."""
+    """Inverse of :func:`pack_strings`; raises ``ValueError`` on inconsistent offsets.
+
+    Bytes that are not UTF-8 (a file name stored by :func:`pack_strings`) come back as
+    ``surrogateescape`` characters, exactly the ``str`` that was packed.
+    """
     offsets = np.asarray(offsets, dtype=np.int64)
     if offsets.ndim != 1 or len(offsets) == 0 or offsets[0] != 0 or offsets[-1] != len(blob) \
             or np.any(np.diff(offsets) < 0):
         raise ValueError("string offsets are inconsistent with the byte blob")
     raw = bytes(np.asarray(blob, dtype=np.uint8))
-    return [raw[a:b].decode("utf-8") for a, b in zip(offsets[:-1].tolist(), offsets[1:].tolist())]
+    return [raw[a:b].decode("utf-8", "surrogateescape") for a, b in zip(offsets[:-1].tolist(), offsets[1:].tolist())]

@@ -6,8 +6,9 @@ the contiguous slice ``[r*N//W, (r+1)*N//W)``, the slices are all-gathered, rank
 the sidecar, and a barrier follows. Every rank then holds the same hashes, so the same
 deterministic search gives every rank the identical plan
 (:func:`torch_dedup.planning.plan_dataset` chooses this path by itself under DDP). A
-failure on one rank (an undecodable image with ``on_error="raise"``) is raised on every
-rank instead of leaving the others waiting.
+failure on one rank (an undecodable image with ``on_error="raise"``, a dataset that cannot be
+read, a sidecar that cannot be written) is raised as the same error on every rank instead of
+leaving the others waiting; :func:`agree` does the same for a step each rank runs by itself.
 """
 
 from __future__ import annotations
@@ -22,11 +23,11 @@ import numpy as np
 import torch.distributed as dist
 
 from .dataset_hashes import DatasetHashes, hash_source_range, look_up_hashes, store_cached
-from .errors import DedupError, ImageDecodeError
+from .errors import DedupError, EmptyDedupError, ImageDecodeError
 from .hashing.api import HashResult
 from .options import DedupOptions
 
-__all__ = ["hash_dataset_distributed", "hash_dataset_distributed_with", "is_distributed"]
+__all__ = ["agree", "cores_per_rank", "hash_dataset_distributed", "hash_dataset_distributed_with", "is_distributed"]
 
 logger = logging.getLogger(__name__)
 
@@ -50,23 +51,82 @@ def _portable(exc: BaseException) -> tuple:
     return (type(exc).__name__, str(exc))
 
 
+#: Exceptions rebuilt as their own type on every rank (one-message constructors); others become DedupError.
+_REBUILT = {cls.__name__: cls for cls in (TypeError, ValueError, OSError, FileNotFoundError, PermissionError,
+                                          RuntimeError, MemoryError, IndexError, EmptyDedupError, DedupError)}
+
+
+def _rebuild(err: tuple, rank: int, what: str) -> Exception:
+    if err[0] == "decode":
+        return ImageDecodeError(err[1], f"{err[2]} (on rank {rank})", err[3])
+    cls = _REBUILT.get(err[0])
+    if cls is not None:
+        return cls(f"{what} failed on rank {rank}: {err[1]}")
+    return DedupError(f"{what} failed on rank {rank}: {err[0]}: {err[1]}")
+
+
 def _raise_if_any_failed(errors: list, mine: BaseException | None, what: str) -> None:
-    """Raise on every rank when any rank failed, so no rank waits for a collective forever."""
-    if mine is not None:
-        raise mine
+    """Raise the same error on every rank when any rank failed, so no rank waits for a collective forever.
+
+    Every rank raises the error of the lowest failing rank, rebuilt from plain data (the
+    failing rank chains its original exception as the cause).
+    """
     for r, err in enumerate(errors):
-        if err is None:
-            continue
-        if err[0] == "decode":
-            raise ImageDecodeError(err[1], f"{err[2]} (on rank {r})", err[3])
-        raise DedupError(f"{what} failed on rank {r}: {err[0]}: {err[1]}")
+        if err is not None:
+            raise _rebuild(err, r, what) from mine
+    if mine is not None:  # not gathered (cannot happen when ``errors`` holds this rank's): never swallow it
+        raise mine
+
+
+def agree(fn: Callable[[], Any], what: str, group=None) -> Any:
+    """Run ``fn()`` on every rank of ``group`` and raise the same error on every rank if it failed on any.
+
+    A collective (one ``all_gather_object`` of a small tuple): call it on every rank for a
+    step that runs on each rank by itself, such as the search and keep decision after the
+    hashes are shared, so that a failure on one rank (out of memory, a ``priority=`` that
+    raises) cannot leave the other ranks waiting in their next collective.
+
+    Args:
+        fn: the step, without arguments.
+        what: what the step does, for the error message (``"planning"``).
+        group: the process group (``None``: the default group).
+
+    Returns:
+        ``fn()``'s result on this rank.
+
+    Raises:
+        The lowest failing rank's error, on every rank (``ImageDecodeError`` and common
+        built-in types keep their type; others become :class:`~torch_dedup.errors.DedupError`).
+
+    Example:
+        >>> plan = agree(lambda: plan_from_hashes(dh, 6), "planning")  # doctest: +SKIP
+    """
+    result, error = None, None
+    try:
+        result = fn()
+    except Exception as exc:  # noqa: BLE001 - re-raised below on every rank, never swallowed
+        error = exc
+    errors = _gather(None if error is None else _portable(error), group)
+    _raise_if_any_failed(errors, error, what)
+    return result
+
+
+def cores_per_rank(group=None) -> int:
+    """This node's CPUs divided among its ranks (``LOCAL_WORLD_SIZE`` from torchrun, else the group size).
+
+    The default for threads or processes a rank starts by itself (hashing workers, search
+    threads), so that the ranks of one node do not each start one per CPU.
+    """
+    local = os.environ.get("LOCAL_WORLD_SIZE")
+    ranks_here = int(local) if local and local.isdigit() else dist.get_world_size(group)
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+    return max(1, cores // max(1, ranks_here))
 
 
 def _default_workers(group) -> int:
-    # Ranks on one node share its cores; torchrun says how many ranks that is.
-    local = os.environ.get("LOCAL_WORLD_SIZE")
-    ranks_here = int(local) if local and local.isdigit() else dist.get_world_size(group)
-    return max(1, (os.cpu_count() or 1) // max(1, ranks_here))
+    # One core's share is hashed in the rank's own process: a single worker process only adds its start-up.
+    share = cores_per_rank(group)
+    return share if share > 1 else 0
 
 
 def hash_dataset_distributed(ds, method: str = "phash", hash_size: int = 8, *,
@@ -88,8 +148,8 @@ def hash_dataset_distributed(ds, method: str = "phash", hash_size: int = 8, *,
         method: hash method. hash_size: hash size.
         image_fn, cache_dir, on_error, fast_decode, progress, refresh, fingerprint: as in
             :func:`~torch_dedup.dataset_hashes.hash_dataset`.
-        workers: decode processes per rank for file datasets (``None``: this node's cores
-            divided among its ranks, from ``LOCAL_WORLD_SIZE``).
+        workers: decode processes per rank for file datasets (``None``: :func:`cores_per_rank`,
+            this node's cores divided among its ranks; in the rank's own process when that is 1).
         group: the process group (``None``: the default group).
 
     Returns:

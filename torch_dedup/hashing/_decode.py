@@ -2,8 +2,8 @@
 
 Each function returns the ``uint8`` pixels imagehash would hash: ``image.convert('L')``
 then ``resize(target, LANCZOS)``, both done by Pillow itself (exact by definition). The
-functions are top-level and take only picklable arguments, so a ``spawn`` process pool
-can run them (:func:`decode_batch`).
+functions are top-level and take only picklable arguments, so the hashing worker
+processes (:mod:`._workers`) can run them.
 
 EXIF orientation is *not* applied: imagehash hashes the pixels as stored, and so do we.
 
@@ -12,8 +12,8 @@ Decompression bombs: an image over ``PIL.Image.MAX_IMAGE_PIXELS`` is a decode fa
 ``on_error="skip"``). Pillow itself raises only over twice the limit and merely warns
 between 1x and 2x; we turn that warning into the failure too, so that the result never
 depends on the caller's warning filters. Raise ``Image.MAX_IMAGE_PIXELS`` (or set it to
-``None``) to hash such images on purpose; worker processes see the value at spawn time
-only if it is set in the main module before the first hashing call.
+``None``) to hash such images on purpose; worker processes receive the caller's value
+with every request.
 """
 
 from __future__ import annotations

@@ -11,12 +11,8 @@ from __future__ import annotations
 
 import logging
 import os
-import sys
-from concurrent.futures import ProcessPoolExecutor
-from concurrent.futures.process import BrokenProcessPool
-from dataclasses import dataclass
-from multiprocessing import get_context
 from collections.abc import Iterable
+from dataclasses import dataclass
 
 import numpy as np
 from PIL import Image
@@ -32,6 +28,7 @@ from torch_dedup.hashing._inputs import (
 )
 from torch_dedup.hashing._pack import hex_to_words, pack_bits, packed_words, words_to_hex
 from torch_dedup.hashing._stack import bits_from_resized, hash_stack
+from torch_dedup.hashing._workers import FilePool
 
 __all__ = ["METHODS", "POOL_MIN_FILES", "HashResult", "from_hex", "hash_array", "hash_bits", "hash_images", "to_hex"]
 
@@ -179,8 +176,10 @@ def hash_images(
         on_error: ``"raise"`` raises :class:`~torch_dedup.errors.ImageDecodeError` on the
             first image that cannot be read; ``"skip"`` records it in ``failures``, sets
             ``valid`` False and leaves its hash 0.
-        workers: decode files in this many processes (0: in this process). Results keep
-            the input order.
+        workers: decode files in this many worker processes (0: in this process), used
+            from :data:`POOL_MIN_FILES` files on. The workers import numpy, Pillow and
+            numba only (never torch or the caller's script) and end when this call
+            returns. Results keep the input order.
         fast_decode: decode JPEGs with ``Image.draft`` (faster; some bits differ from
             imagehash, see docs/hashing.md).
         progress: show a tqdm progress bar.
@@ -239,40 +238,13 @@ def _result(words, valid, failures, method, hash_size) -> HashResult:
     return HashResult(_shape_words(words), valid, tuple(failures), method, int(hash_size))
 
 
-#: Fewer image files than this are decoded in this process even when ``workers > 0``:
-#: starting ``spawn`` workers (each imports numpy, Pillow and numba, and re-imports the
-#: caller's main module) costs seconds (2,100 CIFAR JPEGs: 6.45 s with 2 workers against
-#: 0.54 s in-process on the 2-core machine). The one pool threshold of the library.
-POOL_MIN_FILES = 2048
-_POOLS: dict[int, ProcessPoolExecutor] = {}
-
-
-def _get_pool(workers: int) -> ProcessPoolExecutor:
-    """A ``spawn`` process pool of ``workers`` processes, kept for later calls (shut down at exit)."""
-    pool = _POOLS.get(workers)
-    if pool is None:
-        import atexit
-
-        pool = ProcessPoolExecutor(max_workers=workers, mp_context=get_context("spawn"))
-        _POOLS[workers] = pool
-        if len(_POOLS) == 1:
-            atexit.register(_shutdown_pools)
-    return pool
-
-
-def _discard_pool(pool: ProcessPoolExecutor) -> None:
-    """Forget a broken pool; later calls in this process hash in-process (no respawn loop)."""
-    global POOL_MIN_FILES
-    for key, value in list(_POOLS.items()):
-        if value is pool:
-            del _POOLS[key]
-    pool.shutdown(wait=False, cancel_futures=True)
-    POOL_MIN_FILES = sys.maxsize
-
-
-def _shutdown_pools() -> None:
-    while _POOLS:
-        _POOLS.popitem()[1].shutdown(cancel_futures=True)
+#: Fewer image files than this are decoded in this process even when ``workers > 0``.
+#: Measured (docs/hashing.md, ``benchmarks/bench_hashing.py --pool``): on the 2-core machine,
+#: 2 workers never beat this process alone up to 32,000 CIFAR JPEGs (1.4-4x slower). Starting the worker
+#: processes (each imports numpy, Pillow and numba, never torch) costs a fixed time that
+#: they pay back only once the files they take off this process would have taken longer.
+#: The one pool threshold of the library.
+POOL_MIN_FILES = 32768
 
 
 def _hash_sequence(items, method, hash_size, on_error, workers, fast_decode, progress, batch_size) -> HashResult:
@@ -280,18 +252,32 @@ def _hash_sequence(items, method, hash_size, on_error, workers, fast_decode, pro
     out = np.zeros((n, packed_words(hash_size * hash_size)), dtype=np.uint64)
     valid = np.ones(n, dtype=bool)
     failures: list[tuple[int, str, str]] = []
-    pool = None
-    if workers > 0 and sum(isinstance(x, (str, os.PathLike)) for x in items) >= POOL_MIN_FILES:
-        pool = _get_pool(workers)
-    from tqdm.auto import tqdm
+    n_files = sum(isinstance(x, (str, os.PathLike)) for x in items) if workers > 0 else 0
+    # The workers live exactly as long as this call: started here, ended on return, error or Ctrl-C.
+    pool = _start_pool(workers, method, hash_size) if n_files >= POOL_MIN_FILES else None
+    try:
+        from tqdm.auto import tqdm
 
-    with tqdm(total=n, disable=not progress, desc=f"{method} hashing", unit="img") as bar:
-        for start in range(0, n, batch_size):
-            stop = min(n, start + batch_size)
-            _hash_chunk(items, start, stop, method, hash_size, on_error, fast_decode, pool, workers,
-                        out, valid, failures)
-            bar.update(stop - start)
+        with tqdm(total=n, disable=not progress, desc=f"{method} hashing", unit="img") as bar:
+            for start in range(0, n, batch_size):
+                stop = min(n, start + batch_size)
+                _hash_chunk(items, start, stop, method, hash_size, on_error, fast_decode, pool, workers,
+                            out, valid, failures)
+                bar.update(stop - start)
+    finally:
+        if pool is not None:
+            pool.close()
     return _result(out, valid, failures, method, hash_size)
+
+
+def _start_pool(workers: int, method: str, hash_size: int) -> FilePool | None:
+    """``workers`` started processes, or ``None`` (hash in this process) when none can be started here."""
+    try:
+        return FilePool(workers, method, hash_size).__enter__()
+    except OSError as exc:  # no interpreter to start (frozen app), out of processes or memory
+        logger.warning("could not start %d hashing worker processes (%s); hashing in this process instead. "
+                       "Pass workers=0 to silence this.", workers, exc)
+        return None
 
 
 def _hash_chunk(items, start, stop, method, hash_size, on_error, fast_decode, pool, workers, out, valid, failures):
@@ -348,26 +334,12 @@ def _hash_chunk(items, start, stop, method, hash_size, on_error, fast_decode, po
 
 
 def _decode_paths(paths, method, hash_size, fast_decode, pool, workers):
-    if pool is None or all(pool is not p for p in _POOLS.values()):  # none, or discarded as broken
+    if pool is None:
         return hash_files(paths, method, hash_size, fast_decode)
     per_task = max(1, min(256, -(-len(paths) // (4 * workers))))
-    futures = [pool.submit(hash_files, paths[k:k + per_task], method, hash_size, fast_decode)
-               for k in range(0, len(paths), per_task)]
+    chunks = [paths[k:k + per_task] for k in range(0, len(paths), per_task)]
     results = []
-    try:
-        for f in futures:
-            results.extend(f.result())
-    except BrokenProcessPool as exc:
-        # A worker died: most often a script without an ``if __name__ == "__main__":`` guard
-        # (spawned workers re-run it), or the OOM killer. Hash in this process instead of
-        # failing a long run, and say how to get the workers back.
-        _discard_pool(pool)
-        logger.warning("hashing worker processes died (%s); hashing in this process instead (slower). If your "
-                       "script has no `if __name__ == \"__main__\":` guard, add one: worker processes are started "
-                       "with 'spawn' and re-import the main module. Pass workers=0 to silence this.", exc)
-        return hash_files(paths, method, hash_size, fast_decode)
-    except BaseException:
-        for f in futures:
-            f.cancel()
-        raise
+    for chunk, got in zip(chunks, pool.hash_chunks(chunks, method, hash_size, fast_decode)):
+        # None: its worker died (logged once by the pool); this process hashes the chunk instead
+        results.extend(hash_files(chunk, method, hash_size, fast_decode) if got is None else got)
     return results
