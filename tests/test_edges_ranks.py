@@ -152,8 +152,6 @@ def test_a_failure_on_one_rank_is_the_same_error_on_every_rank(ranks, key, kind,
 
 
 @pytest.mark.slow
-@pytest.mark.xfail(strict=True, reason="needs planning.plan_with to run its keep step through "
-                                       "distributed_hashing.agree under DDP (hamming/planning owner)")
 def test_a_failure_in_the_keep_step_on_one_rank_is_the_same_error_on_every_rank(ranks):
     _, reports = ranks
     assert reports[0]["plan"] == reports[1]["plan"] != "no error"

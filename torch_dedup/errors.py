@@ -32,7 +32,10 @@ class ImageDecodeError(DedupError, ValueError):
         self.source = source
         self.reason = reason
         self.index = index
-        where = source if index is None or str(index) in source else f"{source} (item {index})"
+        # the message must print on any terminal: a non-UTF-8 file name (kept exact in .source
+        # as surrogate escapes) is shown with backslash escapes
+        shown = source.encode("utf-8", "backslashreplace").decode("utf-8")
+        where = shown if index is None or str(index) in source else f"{shown} (item {index})"
         if source.startswith("item ") or source.startswith("<"):
             # an in-memory item (a dict, a tensor, ...), not a file: say what an image is here
             fix = ("Make the dataset's item an image (PIL image, uint8 array, [0, 1] float tensor or a "

@@ -64,6 +64,14 @@ def _hasher(distributed: bool, group):
     return lambda ds, options: hash_dataset_distributed_with(ds, options, group)
 
 
+def _together(collective: bool, group):
+    """``run(fn, what)``: ``fn()`` here, or through :func:`~torch_dedup.distributed_hashing.agree` under DDP."""
+    if not collective:
+        return lambda fn, what: fn()
+    from .distributed_hashing import agree
+    return lambda fn, what: agree(fn, what, group)
+
+
 def plan_dataset(ds, threshold: int | None = None, *, options: DedupOptions | None = None,
                  distributed: bool | str = "auto", group=None, **settings: Any) -> DedupPlan:
     """Hash a dataset (or read its sidecar) and decide which items to keep.
@@ -126,16 +134,21 @@ def plan_with(ds, options: DedupOptions, *, distributed: bool | str = "auto", gr
     if not collective:
         labels = check_labels(labels, len(ds), options.per_class, type(ds).__name__)
     dh = hasher(ds, options)
+    # Under DDP every rank runs the steps below by itself on the shared hashes; a failure on
+    # one rank (a priority= that raises, out of memory) must reach every rank, never leave
+    # the others waiting in their next collective.
+    together = _together(collective, group)
     if collective:
-        labels = check_labels(options.labels if options.labels is not None else dh.labels, len(dh),
-                              options.per_class, type(ds).__name__)
+        labels = together(lambda: check_labels(options.labels if options.labels is not None else dh.labels,
+                                               len(dh), options.per_class, type(ds).__name__), "checking labels")
     against, against_prints = None, []
     if options.against is not None:
-        against, against_prints = _hashes_of_against(options.against, options, hasher)
-    plan = plan_from_hashes(dh, options.threshold, policy=options.policy, per_class=options.per_class,
-                            labels=labels, priority=options.priority, against=against,
-                            against_fingerprints=against_prints, sweep_max=options.sweep_max,
-                            leak_pairs=options.leak_pairs)
+        against, against_prints = _hashes_of_against(options.against, options, hasher)  # a collective itself
+    plan = together(lambda: plan_from_hashes(dh, options.threshold, policy=options.policy,
+                                             per_class=options.per_class, labels=labels, priority=options.priority,
+                                             against=against, against_fingerprints=against_prints,
+                                             sweep_max=options.sweep_max, leak_pairs=options.leak_pairs),
+                    "planning")
     warn_if_order_strips_classes(plan, type(ds).__name__)
     # DEBUG, not INFO: consumers (DedupSampler, DedupDataset, the CLI) log the one INFO line.
     logger.debug("plan_dataset %s: %d -> %d items (%.1f%% kept), threshold %d, %s, %.2f s, sidecar %s",
