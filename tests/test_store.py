@@ -77,3 +77,16 @@ def test_file_names_that_are_not_utf8_round_trip(names):
 def test_a_lone_surrogate_that_is_no_file_name_byte_is_refused_by_name():
     with pytest.raises(ValueError, match=r"string 1 .*lone surrogate"):
         pack_strings(["ok", "bad \ud800 text"])
+
+
+def test_store_files_get_the_usual_mode_not_mkstemps_private_one(tmp_path):
+    """Sidecars and plans sit beside shared data: 0o666 less the umask, like open(path, 'w')."""
+    import os
+
+    from torch_dedup._store import write_store
+    old = os.umask(0o022)
+    try:
+        path = write_store(tmp_path / "x.tdplan", "plan", {}, {"a": np.zeros(2)})
+    finally:
+        os.umask(old)
+    assert oct(os.stat(path).st_mode & 0o777) == oct(0o644)

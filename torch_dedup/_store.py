@@ -58,13 +58,34 @@ def _dtype_name(arr: np.ndarray, name: str) -> str:
                     f"allowed: {', '.join(_DTYPES)}")
 
 
+def _umask() -> int:
+    """The process umask, read without changing it (``os.umask`` would, racing other threads)."""
+    try:
+        with open("/proc/self/status", encoding="ascii") as f:
+            for line in f:
+                if line.startswith("Umask:"):
+                    return int(line.split()[1], 8)
+    except (OSError, ValueError):
+        pass
+    return 0o022
+
+
 def atomic_write_bytes(path: str | os.PathLike, chunks) -> Path:
-    """Write an iterable of byte chunks to ``path`` atomically (temp file, fsync, replace)."""
+    """Write an iterable of byte chunks to ``path`` atomically (temp file, fsync, replace).
+
+    The file gets the mode a plain ``open(path, "w")`` would give it (``0o666`` less the
+    umask), not ``mkstemp``'s private ``0o600``: sidecars and plans sit beside data that
+    others read.
+    """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     try:
         with os.fdopen(fd, "wb") as f:
+            try:
+                os.fchmod(f.fileno(), 0o666 & ~_umask())
+            except OSError:  # a filesystem without permission bits: keep what it gives
+                pass
             for chunk in chunks:
                 f.write(chunk)
             f.flush()
