@@ -17,13 +17,18 @@ from .._numba import NJIT, NJIT_PARALLEL, njit, prange
 
 __all__ = [
     "best_position",
+    "component_leaders",
     "components_keys",
     "cross_label_pairs",
     "expand_key_pairs",
+    "fold_lowest",
+    "fold_nearest",
     "greedy_keys",
+    "greedy_window",
     "lower_csr",
     "sweep_components",
     "sweep_greedy",
+    "union_levels",
     "value_class_groups",
 ]
 
@@ -320,11 +325,11 @@ def _class_run(members, item_class, lo, hi, c):  # pragma: no cover - compiled
 
 
 @njit(**NJIT)
-def _cross_pass(pu, pv, pd, mem_ptr, members, item_class, run_end, out_i, out_j, out_d, write):
+def _cross_pass(pu, pv, pd, mem_ptr, members, item_class, run_end, intra, out_i, out_j, out_d, write):
     # pragma: no cover - compiled
     q = 0
     n_vals = mem_ptr.shape[0] - 1
-    for u in range(n_vals):
+    for u in range(n_vals if intra else 0):
         for x in range(mem_ptr[u], mem_ptr[u + 1]):
             for y in range(run_end[x], mem_ptr[u + 1]):  # every later run has another class
                 if write:
@@ -351,19 +356,128 @@ def _cross_pass(pu, pv, pd, mem_ptr, members, item_class, run_end, out_i, out_j,
 
 
 @njit(**NJIT)
-def cross_label_pairs(pu, pv, pd, mem_ptr, members, item_class, run_end):  # pragma: no cover - compiled
+def cross_label_pairs(pu, pv, pd, mem_ptr, members, item_class, run_end, intra, max_out):  # pragma: no cover
     """Item pairs with different classes: within each hash value (distance 0) and across value pairs.
 
     ``members[mem_ptr[u]:mem_ptr[u+1]]`` are the items of hash value ``u`` sorted by
     class, and ``run_end[x]`` is the end of the class run holding position ``x``, so
     the work is proportional to the pairs found, not to the group sizes squared.
-    Returns ``(i, j, d)`` with ``i < j``, unsorted.
+    ``intra=False`` leaves out the pairs inside each value (a streamed caller adds them
+    once). Counts first: above ``max_out`` pairs nothing is allocated.
+    Returns ``(i, j, d, total)`` with ``i < j``, unsorted; empty arrays when ``total > max_out``.
     """
     dummy_i = np.empty(0, np.int64)
     dummy_d = np.empty(0, pd.dtype)
-    total = _cross_pass(pu, pv, pd, mem_ptr, members, item_class, run_end, dummy_i, dummy_i, dummy_d, False)
+    total = _cross_pass(pu, pv, pd, mem_ptr, members, item_class, run_end, intra, dummy_i, dummy_i, dummy_d, False)
+    if total > max_out:
+        return dummy_i, dummy_i.copy(), dummy_d, total
     out_i = np.empty(total, np.int64)
     out_j = np.empty(total, np.int64)
     out_d = np.empty(total, pd.dtype)
-    _cross_pass(pu, pv, pd, mem_ptr, members, item_class, run_end, out_i, out_j, out_d, True)
-    return out_i, out_j, out_d
+    _cross_pass(pu, pv, pd, mem_ptr, members, item_class, run_end, intra, out_i, out_j, out_d, True)
+    return out_i, out_j, out_d, total
+
+
+# ---------------------------------------------------------------- streamed decisions
+# A streamed search hands its pairs over in parts, in no order; these kernels fold each
+# part into a fixed-size state, so the decision never holds all pairs at once.
+
+
+@njit(**NJIT)
+def fold_lowest(ii, jj, dd, cls_a, cls_b, use_cls, best_j, best_d):  # pragma: no cover - compiled
+    """``best_j[i]``: the lowest ``j`` paired with ``i`` so far (``-1``: none), ``best_d[i]`` its distance.
+
+    Pairs whose classes differ are skipped when ``use_cls`` (``per_class``).
+    """
+    for e in range(ii.shape[0]):
+        i, j = ii[e], jj[e]
+        if use_cls and cls_a[i] != cls_b[j]:
+            continue
+        if best_j[i] < 0 or j < best_j[i]:
+            best_j[i] = j
+            best_d[i] = dd[e]
+
+
+@njit(**NJIT)
+def fold_nearest(ii, jj, dd, row_of_j, best_row, best_d):  # pragma: no cover - compiled
+    """Per ``i``: the smallest ``(distance, row_of_j[j])`` seen so far (``best_row`` -1: none)."""
+    for e in range(ii.shape[0]):
+        i, d, r = ii[e], dd[e], row_of_j[jj[e]]
+        if best_row[i] < 0 or d < best_d[i] or (d == best_d[i] and r < best_row[i]):
+            best_row[i] = r
+            best_d[i] = d
+
+
+@njit(**NJIT)
+def greedy_window(w, prior_j, prior_d, pi, pj, pd, kept, rep, rep_dist):  # pragma: no cover - compiled
+    """Greedy over one window of keys, after every key before it is decided.
+
+    ``w``: the window's key ids, ascending (priority order), none excluded.
+    ``prior_j[x]``/``prior_d[x]``: the smallest kept key before the window within the
+    threshold of ``w[x]`` (-1: none) and its distance. ``(pi, pj, pd)``: the pairs
+    inside the window within the threshold, as positions in ``w`` with ``pi < pj``, any
+    order. Writes ``kept``, ``rep``, ``rep_dist`` of the window's keys exactly as
+    :func:`greedy_keys` does: a kept key before the window always has a smaller id than
+    any key inside it, so it wins when there is one.
+    """
+    n = w.shape[0]
+    ptr = np.zeros(n + 1, np.int64)
+    for e in range(pi.shape[0]):
+        ptr[pj[e] + 1] += 1
+    for x in range(n):
+        ptr[x + 1] += ptr[x]
+    fill = ptr[:-1].copy()
+    nbr = np.empty(pi.shape[0], np.int64)
+    nd = np.empty(pi.shape[0], np.int64)
+    for e in range(pi.shape[0]):
+        q = fill[pj[e]]
+        nbr[q] = pi[e]
+        nd[q] = pd[e]
+        fill[pj[e]] = q + 1
+    for x in range(n):
+        k = w[x]
+        if prior_j[x] >= 0:
+            rep[k] = prior_j[x]
+            rep_dist[k] = prior_d[x]
+            continue
+        best = -1
+        bd = 0
+        for e in range(ptr[x], ptr[x + 1]):
+            y = nbr[e]
+            if kept[w[y]] and (best < 0 or y < best):
+                best = y
+                bd = nd[e]
+        if best < 0:
+            kept[k] = True
+        else:
+            rep[k] = w[best]
+            rep_dist[k] = bd
+
+
+@njit(**NJIT)
+def union_levels(parents, levels, ii, jj, dd, excl_level, cls, use_cls):  # pragma: no cover - compiled
+    """Fold pairs into one union-find per threshold: ``parents[l]`` joins pairs with ``d <= levels[l]``.
+
+    A key is left out of level ``l`` when ``excl_level[key] <= levels[l]`` (it leaked),
+    and pairs across classes when ``use_cls``. The smaller id becomes the root, as in
+    :func:`components_keys`.
+    """
+    for e in range(ii.shape[0]):
+        i, j, d = ii[e], jj[e], dd[e]
+        if use_cls and cls[i] != cls[j]:
+            continue
+        for lv in range(levels.shape[0]):
+            s = levels[lv]
+            if d <= s and excl_level[i] > s and excl_level[j] > s:
+                _union(parents[lv], i, j)
+
+
+@njit(**NJIT)
+def component_leaders(parent, excl_level, level):  # pragma: no cover - compiled
+    """``leader[k]``: the root (smallest id) of k's component, -1 for keys excluded at ``level``."""
+    n = parent.shape[0]
+    leader = np.full(n, -1, np.int64)
+    for k in range(n):
+        if excl_level[k] > level:
+            leader[k] = _find(parent, k)
+    return leader

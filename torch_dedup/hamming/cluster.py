@@ -13,6 +13,7 @@ never the k² pairs of a group. The keep decisions themselves run in numba
 from __future__ import annotations
 
 import logging
+import math
 import numbers
 from dataclasses import dataclass
 from typing import NamedTuple
@@ -22,13 +23,27 @@ import numpy as np
 from .._checks import check_bool, check_choice, check_int
 from ..plan import POLICIES, DedupPlan
 from . import _cluster_kernels as _k
-from .search import popcount64, unique_hashes, unique_pairs
+from .search import _check_workers, _distance_dtype, _pair_fraction, _stream_distinct, popcount64, unique_hashes
 
 __all__ = ["ClassSweep", "find_duplicates", "keep_from_pairs", "sweep_thresholds", "sweep_thresholds_by_class"]
 
 logger = logging.getLogger(__name__)
 
 _NEVER = np.int64(1) << np.int64(40)  # exclusion level of a key that never leaks
+
+#: Default ``memory_limit``: the bytes of pairs a decision may hold at once.
+DEFAULT_MEMORY_LIMIT = 1 << 30
+#: Peak bytes per distinct-value pair while all of them are held (search parts, sort,
+#: CSR); benchmarks/bench_memory.py measures it.
+_PAIR_BYTES = 64
+#: Bytes per output pair (label conflicts, leak pairs): the int64 rows plus their sort.
+_OUT_PAIR_BYTES = 64
+#: Random-pair fraction from which a threshold is reported as too large.
+_RANDOM_PAIRS_WARN = 1e-3
+
+
+class _PairLimit(Exception):
+    """A search passed the pair cap of its caller (who streams instead)."""
 
 
 # --------------------------------------------------------------------------- validation
@@ -133,6 +148,42 @@ def _validate(hashes, threshold, policy, priority, labels, per_class, against, v
     return _Args(rows, n, bits, t, policy, priority, labels, bool(per_class), against, valid)
 
 
+def _check_memory_limit(memory_limit) -> int | None:
+    if memory_limit is None:
+        return None
+    return check_int("memory_limit", memory_limit, 1 << 20, hint="bytes; None lifts the cap")
+
+
+def _random_pair_fraction(threshold: int, bits: int) -> float:
+    """Fraction of *unrelated* image pairs (independent uniform hashes) within ``threshold``:
+    ``sum(C(bits, i) for i <= threshold) / 2**bits``, what a threshold removes by chance."""
+    return sum(math.comb(bits, i) for i in range(threshold + 1)) / 2.0 ** bits
+
+
+def _warn_threshold(name: str, t: int, bits: int, limit: float = _RANDOM_PAIRS_WARN) -> None:
+    frac = _random_pair_fraction(t, bits)
+    if frac >= limit:
+        safe = max(s for s in range(bits + 1) if _random_pair_fraction(s, bits) < _RANDOM_PAIRS_WARN)
+        logger.warning(
+            "%s=%d on %d-bit hashes: %.3g%% of unrelated images (independent hashes) are within it, so "
+            "images that are not near-duplicates get removed%s. A threshold counts bits of the whole hash: "
+            "scale it with the hash size (t=6 at hash_size=8, 64 bits, is about t=24 at hash_size=16, 256 "
+            "bits); keep it at most %d for %d bits, or use a larger hash_size.",
+            name, t, bits, 100 * frac, " (above half the bits: most pairs are random)" if 2 * t >= bits else "",
+            safe, bits)
+
+
+def _refuse(what: str, count: int, exact: bool, t: int, bits: int, limit: int, estimated: bool = False):
+    size = count * _OUT_PAIR_BYTES
+    how = ("are about" if estimated else "are" if exact else "are more than")
+    src = " (estimated from a sample of the hashes, before the search)" if estimated else ""
+    raise ValueError(
+        f"{what} at threshold {t} on {bits}-bit hashes {how} {count:,} pairs{src}, about {size / 2**20:,.0f} MiB, "
+        f"above memory_limit={limit:,} bytes. Lower the threshold (a fraction {_random_pair_fraction(t, bits):.2g} "
+        f"of unrelated hash pairs is within it), hash with a larger hash_size, or raise the cap: "
+        f"memory_limit=None (no cap) or memory_limit={max(2 * size, limit):,}")
+
+
 # --------------------------------------------------------------------------- the key graph
 @dataclass
 class _Graph:
@@ -146,46 +197,114 @@ class _Graph:
     classes: np.ndarray     # (C,) label values
     item_code: np.ndarray | None  # (Nv,) class code per valid item
     vc_groups: tuple | None  # (value, class, first item, item -> group) of the (value, label) groups
-    indptr: np.ndarray
-    nbr: np.ndarray
-    dist: np.ndarray
+    key_rows: np.ndarray    # (K, W) hash value of each key, in key (priority) order
     excl_level: np.ndarray  # (K,) smallest threshold at which a key leaks into `against`
-    upairs: np.ndarray      # (P, 2) distinct-value pairs within the search threshold
-    udist: np.ndarray
     leak_row: np.ndarray    # (U,) nearest row of `against` per distinct value (-1 if none)
     leak_dist: np.ndarray   # (U,) its distance (_NEVER if none)
-    leak_upairs: np.ndarray  # (L, 2) (distinct value, distinct `against` value) within the search threshold
+    leak_upairs: np.ndarray  # (L, 2) (distinct value, distinct `against` value) within the leak_pairs threshold
     leak_udist: np.ndarray   # (L,) their distances
     against_inv: np.ndarray  # (M,) `against` row -> distinct `against` value
+    per_class: bool = False
+    # the materialised pairs, or None when the decision streams them (more than the memory limit)
+    indptr: np.ndarray | None = None
+    nbr: np.ndarray | None = None
+    dist: np.ndarray | None = None
+    upairs: np.ndarray | None = None  # (P, 2) distinct-value pairs within the search threshold
+    udist: np.ndarray | None = None
+
+    @property
+    def streamed(self) -> bool:
+        return self.indptr is None
 
 
-def _graph(a: _Args, search_t: int, order_v_fn) -> tuple[_Graph, str]:
+def _collect_pairs(rows: np.ndarray, t: int, cap: int | None, cls: np.ndarray | None, workers: int, *,
+                   sort: bool = True) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Row pairs ``i < j`` within ``t`` (same ``cls`` only, when given), int64, sorted when ``sort``.
+
+    Held compactly while the search runs (int32 rows, uint16 distances: 10 bytes a pair);
+    :class:`_PairLimit` as soon as more than ``cap`` pairs are found.
+    """
+    parts = []
+    count = 0
+    small = len(rows) < 2**31 - 1
+
+    def consume(ii, jj, dd):
+        nonlocal count
+        if cls is not None:
+            same = cls[ii] == cls[jj]
+            ii, jj, dd = ii[same], jj[same], dd[same]
+        count += len(ii)
+        if cap is not None and count > cap:
+            raise _PairLimit(count)
+        if len(ii):
+            it = np.int32 if small else np.int64
+            parts.append((ii.astype(it), jj.astype(it), dd.astype(np.uint16)))
+
+    _stream_distinct(rows, None, t, consume, workers=workers)
+    if not parts:
+        e = np.zeros(0, np.int64)
+        return e, e.copy(), e.copy()
+    ii, jj, dd = (np.concatenate([p[k] for p in parts]) for k in range(3))
+    del parts
+    if sort:
+        order = np.argsort(ii.astype(np.int64) * len(rows) + jj)
+        ii, jj, dd = ii[order], jj[order], dd[order]
+    return ii.astype(np.int64), jj.astype(np.int64), dd.astype(np.int64)
+
+
+def _leak_search(uniq: np.ndarray, against: np.ndarray | None, search_t: int, keep_t: int | None,
+                 cap: int | None, workers: int):
+    """Nearest ``against`` row per distinct value (folded while the search streams), and the
+    value pairs within ``keep_t`` when leak pairs are asked for (``None``: none kept)."""
+    n_u = len(uniq)
+    leak_row = np.full(n_u, -1, np.int64)
+    leak_dist = np.full(n_u, _NEVER, np.int64)
+    kept = []
+    against_inv = np.zeros(0, np.int64)
+    if against is None or not len(against) or not n_u:
+        e = np.zeros(0, np.int64)
+        return leak_row, leak_dist, e.reshape(0, 2), e, against_inv
+    ua, against_inv, a_first = unique_hashes(against)
+    ua = np.ascontiguousarray(ua.reshape(len(ua), uniq.shape[1]))
+    count = 0
+
+    def consume(ii, jj, dd):
+        nonlocal count
+        _k.fold_nearest(ii, jj, dd, a_first, leak_row, leak_dist)
+        if keep_t is not None:
+            m = dd <= keep_t
+            count += int(m.sum())
+            if cap is not None and count > cap:
+                raise _PairLimit(count)
+            kept.append((ii[m].copy(), jj[m].copy(), dd[m].copy()))
+
+    _stream_distinct(uniq, ua, search_t, consume, workers=workers)
+    if kept:
+        ii, jj, dd = (np.concatenate([p[k] for p in kept]) for k in range(3))
+    else:
+        ii = jj = dd = np.zeros(0, np.int64)
+    return leak_row, leak_dist, np.stack([ii, jj], axis=1).reshape(-1, 2), dd, against_inv
+
+
+def _graph(a: _Args, search_t: int, order_v_fn, memory_limit: int | None, leak_pairs_t: int | None = None,
+           workers: int | None = None) -> tuple[_Graph, str]:
+    workers = _check_workers(workers)
     vidx = np.flatnonzero(a.valid).astype(np.int64)
     hv = a.rows[vidx]
     uniq, inv, _ = unique_hashes(hv)
-    uniq = uniq.reshape(len(uniq), a.rows.shape[1])
+    uniq = np.ascontiguousarray(uniq.reshape(len(uniq), a.rows.shape[1]))
     n_u = len(uniq)
-    # `uniq` is sorted and distinct, so its unique rows are itself (and the search's own
-    # np.unique on sorted input is nearly free): pair indices are rows of `uniq`.
-    up = unique_pairs(uniq, search_t)
-    upairs, udist = up.pairs, up.distances
 
-    leak_row = np.full(n_u, -1, np.int64)
-    leak_dist = np.full(n_u, _NEVER, np.int64)
-    leak_upairs, leak_udist = np.zeros((0, 2), np.int64), np.zeros(0, np.int64)
-    against_inv = np.zeros(0, np.int64)
-    if a.against is not None and len(a.against) and n_u:
-        _, against_inv, a_first = unique_hashes(a.against)
-        lp = unique_pairs(uniq, search_t, other=a.against)
-        leak_upairs, leak_udist = lp.pairs, lp.distances.astype(np.int64)
-        if len(lp.pairs):
-            u_side, rows_b = lp.pairs[:, 0], a_first[lp.pairs[:, 1]]
-            d = lp.distances.astype(np.int64)
-            o = np.lexsort((rows_b, d, u_side))  # nearest, then lowest row, per value
-            first = np.unique(u_side[o], return_index=True)[1]
-            sel = o[first]
-            leak_row[u_side[sel]] = rows_b[sel]
-            leak_dist[u_side[sel]] = d[sel]
+    out_cap = None if memory_limit is None else memory_limit // _OUT_PAIR_BYTES
+    if leak_pairs_t is not None and out_cap is not None and a.against is not None and len(vidx):
+        est = _pair_fraction(hv, a.against, leak_pairs_t) * len(vidx) * len(a.against)
+        if est > out_cap:
+            _refuse("leak pairs (leak_pairs=True)", int(est), False, leak_pairs_t, a.bits, memory_limit, True)
+    try:
+        leak_row, leak_dist, leak_upairs, leak_udist, against_inv = _leak_search(
+            uniq, a.against, search_t, leak_pairs_t, out_cap, workers)
+    except _PairLimit as e:
+        _refuse("leak pairs (leak_pairs=True)", e.args[0], False, leak_pairs_t, a.bits, memory_limit)
 
     classes = np.zeros(1, np.int64)
     item_code = vc_groups = None
@@ -211,41 +330,97 @@ def _graph(a: _Args, search_t: int, order_v_fn) -> tuple[_Graph, str]:
         key_class = item_code[best]
     else:
         key_class = np.zeros(n_keys, np.int64)
+    excl_level = leak_dist[key_uid[korder]]
+    g = _Graph(vidx, uniq, inv, kpos[kinv], best, key_class, n_classes, classes, item_code, vc_groups,
+               uniq[key_uid[korder]], excl_level, leak_row, leak_dist, leak_upairs, leak_udist, against_inv,
+               per_class=a.per_class)
 
+    # Hold every pair at once only when they fit the memory limit: estimated from a
+    # sample first, then held to a hard cap while the search runs (the sample can miss
+    # tight clusters). Past it the decision streams them (_decide_streamed).
+    cap = None if memory_limit is None else memory_limit // _PAIR_BYTES
+    if cap is not None and n_u > 1 and _pair_fraction(uniq, None, search_t) * n_u * (n_u - 1) / 2 > cap:
+        logger.info("find_duplicates: more than memory_limit=%d bytes of pairs at threshold %d expected; "
+                    "streaming them", memory_limit, search_t)
+        return g, kind
+    try:
+        ui, uj, ud = _collect_pairs(uniq, search_t, cap, None, workers)
+    except _PairLimit:
+        logger.info("find_duplicates: pairs at threshold %d passed memory_limit=%d bytes; streaming them",
+                    search_t, memory_limit)
+        return g, kind
+    udist = ud.astype(_distance_dtype(a.bits))
+    del ud
     if a.per_class:
         key_ptr = np.searchsorted(key_uid, np.arange(n_u + 1))
-        ka, kb, kd = _k.expand_key_pairs(upairs[:, 0], upairs[:, 1], udist, key_ptr, key_code)
+        ka, kb, kd = _k.expand_key_pairs(ui, uj, udist, key_ptr, key_code)
         pa, pb = kpos[ka], kpos[kb]
+        del ka, kb
     else:
-        pa, pb, kd = kpos[upairs[:, 0]], kpos[upairs[:, 1]], udist
-    indptr, nbr, dist = _k.lower_csr(pa, pb, kd, n_keys)
-    excl_level = leak_dist[key_uid[korder]]
-    g = _Graph(vidx, uniq, inv, kpos[kinv], best, key_class, n_classes, classes, item_code, vc_groups, indptr,
-               nbr, dist, excl_level, upairs, udist, leak_row, leak_dist, leak_upairs, leak_udist, against_inv)
+        pa, pb, kd = kpos[ui], kpos[uj], udist
+    g.indptr, g.nbr, g.dist = _k.lower_csr(pa, pb, kd, n_keys)
+    del pa, pb, kd
+    g.upairs = np.stack([ui, uj], axis=1).reshape(-1, 2)
+    g.udist = udist
     return g, kind
 
 
-def _label_conflicts(g: _Graph, threshold: int, n: int) -> tuple[np.ndarray, np.ndarray]:
+def _label_conflicts(g: _Graph, threshold: int, n: int, bits: int, memory_limit: int | None,
+                     workers: int | None) -> tuple[np.ndarray, np.ndarray]:
     """Pairs within ``threshold`` whose labels differ, one per pair of ``(hash, label)`` groups.
 
     Each group stands for itself by its lowest-index item, so a block of 10k identical
     placeholder images over 10 labels gives 45 pairs, not 5·10⁷. Sorted, ``i < j``.
+    They are output, so they cannot stream: above ``memory_limit`` (estimated from a
+    sample of the groups first, then counted exactly) a ValueError says how many and what to do.
     """
-    within = g.udist <= threshold
-    pu, pv, pd = g.upairs[within, 0], g.upairs[within, 1], g.udist[within]
-    g_value, _, g_first, _ = g.vc_groups                     # sorted by value, then class
+    cap = np.iinfo(np.int64).max if memory_limit is None else memory_limit // _OUT_PAIR_BYTES
+    g_value, g_class, g_first, _ = g.vc_groups               # sorted by value, then class
+    if memory_limit is not None and len(g_value) > 1:
+        # conflicts are pairs of (value, class) groups with different classes: sample those
+        frac = _pair_fraction(g.uniq[g_value], None, threshold, classes=g_class)
+        est = frac * len(g_value) * (len(g_value) - 1) / 2
+        if est > cap:
+            _refuse("label conflicts (pairs across labels)", int(est), False, threshold, bits, memory_limit, True)
     members = g.vidx[g_first]
     mem_ptr = np.zeros(len(g.uniq) + 1, np.int64)
     np.cumsum(np.bincount(g_value, minlength=len(g.uniq)), out=mem_ptr[1:])
     run_end = np.arange(1, len(members) + 1, dtype=np.int64)  # one group per (value, class) run
     item_class = np.full(n, -1, np.int64)
     item_class[g.vidx] = g.item_code
-    i, j, d = _k.cross_label_pairs(pu, pv, pd, mem_ptr, members, item_class, run_end)
+    dd_type = _distance_dtype(bits)
+    if not g.streamed:
+        within = g.udist <= threshold
+        pu, pv, pd = g.upairs[within, 0], g.upairs[within, 1], g.udist[within]
+        i, j, d, total = _k.cross_label_pairs(pu, pv, pd, mem_ptr, members, item_class, run_end, True, cap)
+        if total > cap:
+            _refuse("label conflicts (pairs across labels)", int(total), True, threshold, bits, memory_limit)
+    else:
+        e = np.zeros(0, np.int64)
+        parts = [_k.cross_label_pairs(e, e, e.astype(dd_type), mem_ptr, members, item_class, run_end, True, cap)]
+        count = int(parts[0][3])
+
+        def consume(ii, jj, dd):
+            nonlocal count
+            got = _k.cross_label_pairs(ii, jj, dd.astype(dd_type), mem_ptr, members, item_class, run_end, False,
+                                       cap - count)
+            count += int(got[3])
+            if count > cap:
+                raise _PairLimit(count)
+            parts.append(got)
+
+        if count > cap:
+            _refuse("label conflicts (pairs across labels)", count, True, threshold, bits, memory_limit)
+        try:
+            _stream_distinct(g.uniq, None, threshold, consume, workers=_check_workers(workers))
+        except _PairLimit as err:
+            _refuse("label conflicts (pairs across labels)", err.args[0], False, threshold, bits, memory_limit)
+        i, j, d = (np.concatenate([p[k] for p in parts]) for k in range(3))
     o = np.argsort(i * n + j)  # pairs are distinct, so no ties
     return np.stack([i[o], j[o]], axis=1).reshape(-1, 2), d[o]
 
 
-def _leak_pairs(g: _Graph, threshold: int) -> np.ndarray:
+def _leak_pairs(g: _Graph, threshold: int, bits: int, memory_limit: int | None) -> np.ndarray:
     """Every ``(item, against_row, distance)`` within ``threshold``, sorted by item then row.
 
     The search paired distinct values of both sides; each value pair stands for all
@@ -267,6 +442,9 @@ def _leak_pairs(g: _Graph, threshold: int) -> np.ndarray:
     size_a = start_a[pu + 1] - start_a[pu]
     size_b = start_b[pb + 1] - start_b[pb]
     count = size_a * size_b
+    total = int(count.sum())
+    if memory_limit is not None and total > memory_limit // _OUT_PAIR_BYTES:
+        _refuse("leak pairs (leak_pairs=True)", total, True, threshold, bits, memory_limit)
     pid = np.repeat(np.arange(len(pu)), count)           # value pair of each output row
     offset = np.arange(len(pid), dtype=np.int64) - np.repeat(np.cumsum(count) - count, count)
     item = members_a[start_a[pu[pid]] + offset // size_b[pid]]
@@ -275,10 +453,87 @@ def _leak_pairs(g: _Graph, threshold: int) -> np.ndarray:
     return np.stack([item[order], row[order], pd[pid][order]], axis=1).astype(np.int64)
 
 
+# --------------------------------------------------------------------------- streamed decisions
+def _greedy_streamed(rows: np.ndarray, cls: np.ndarray | None, excluded: np.ndarray, t: int, cap: int,
+                     workers: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """:func:`_k.greedy_keys` without holding the pairs: keys decided in windows of priority order.
+
+    A window's keys need only two things: the pairs inside the window, held (at most
+    ``cap``, the window shrinks until they fit), and for each key the smallest *kept*
+    key before the window within ``t``, folded from a streamed query against the kept
+    keys (kept keys are pairwise more than ``t`` apart, so there are few at large
+    thresholds, where pairs are many). Exactly the decision of the materialised path.
+    """
+    n = len(rows)
+    kept = np.zeros(n, np.bool_)
+    rep = np.full(n, -1, np.int64)
+    rep_dist = np.zeros(n, np.int16)
+    live = np.flatnonzero(~excluded)
+    if t == 0:  # distinct keys are never within 0 (per_class: same value means another class)
+        kept[live] = True
+        return kept, rep, rep_dist
+    frac = _pair_fraction(rows[live], None, t)
+    width = len(live) if frac * len(live) ** 2 / 2 <= cap else max(64, int(math.sqrt(2 * cap / frac)))
+    use_cls = cls is not None
+    cls = np.zeros(n, np.int64) if cls is None else cls
+    kept_ids = np.zeros(0, np.int64)
+    pos = 0
+    while pos < len(live):
+        w = live[pos:pos + width]
+        wrows = np.ascontiguousarray(rows[w])
+        try:
+            pi, pj, pd = _collect_pairs(wrows, t, cap, cls[w] if use_cls else None, workers, sort=False)
+        except _PairLimit:
+            width = max(1, width // 4)
+            continue
+        prior_j = np.full(len(w), -1, np.int64)
+        prior_d = np.zeros(len(w), np.int64)
+        if len(kept_ids):
+            cw, ck = cls[w], cls[kept_ids]
+            _stream_distinct(wrows, np.ascontiguousarray(rows[kept_ids]), t,
+                             lambda ii, jj, dd: _k.fold_lowest(ii, jj, dd, cw, ck, use_cls, prior_j, prior_d),
+                             workers=workers)
+            prior_j = np.where(prior_j >= 0, kept_ids[np.maximum(prior_j, 0)], -1)
+        _k.greedy_window(w, prior_j, prior_d, pi, pj, pd, kept, rep, rep_dist)
+        kept_ids = np.concatenate([kept_ids, w[kept[w]]])
+        pos += len(w)
+    return kept, rep, rep_dist
+
+
+def _components_streamed(rows: np.ndarray, cls: np.ndarray | None, excl_level: np.ndarray, levels: np.ndarray,
+                         workers: int) -> np.ndarray:
+    """One union-find per threshold in ``levels`` (``(L, K)`` parents), the pairs folded as the
+    search streams them: memory ``8 * L * K`` bytes whatever the pair count."""
+    n = len(rows)
+    parents = np.tile(np.arange(n, dtype=np.int64), (len(levels), 1))
+    use_cls = cls is not None
+    cls = np.zeros(n, np.int64) if cls is None else cls
+    levels = np.ascontiguousarray(levels, np.int64)
+    _stream_distinct(rows, None, int(levels.max()) if len(levels) else 0,
+                     lambda ii, jj, dd: _k.union_levels(parents, levels, ii, jj, dd, excl_level, cls, use_cls),
+                     workers=workers)
+    return parents
+
+
+def _decide(g: _Graph, policy: str, t: int, excluded: np.ndarray, memory_limit: int | None, workers: int | None):
+    """Per key: ``("greedy", kept, rep, rep_dist)`` or ``("components", leader)``, materialised or streamed."""
+    if not g.streamed:
+        if policy == "greedy":
+            return _k.greedy_keys(g.indptr, g.nbr, g.dist, t, excluded)
+        return _k.components_keys(g.indptr, g.nbr, g.dist, t, excluded)
+    workers = _check_workers(workers)
+    cls = g.key_class if g.per_class else None
+    if policy == "greedy":
+        return _greedy_streamed(g.key_rows, cls, excluded, t, memory_limit // _PAIR_BYTES, workers)
+    excl = np.where(excluded, np.int64(-1), _NEVER)  # excluded at every level here
+    parents = _components_streamed(g.key_rows, cls, excl, np.array([t]), workers)
+    return _k.component_leaders(parents[0], excl, t)
+
+
 # --------------------------------------------------------------------------- public API
 def find_duplicates(hashes, threshold=6, *, policy="greedy", priority=None, labels=None, per_class=False,
                     against=None, valid=None, sweep_max=None, provenance=None, settings=None,
-                    leak_pairs=False) -> DedupPlan:
+                    leak_pairs=False, memory_limit=DEFAULT_MEMORY_LIMIT) -> DedupPlan:
     """Decide which items to keep: near-duplicates are items within ``threshold`` bits.
 
     Greedy (default) visits items in keep-priority order and keeps an item unless an
@@ -313,12 +568,22 @@ def find_duplicates(hashes, threshold=6, *, policy="greedy", priority=None, labe
             ``against`` as passed, sorted by item then row (an empty ``(0, 3)`` array
             without ``against``). False leaves it None: it can be as large as the
             product of two exact-duplicate groups.
+        memory_limit: bytes of pairs the call may hold at once (default 1 GiB; ``None``:
+            no limit, every pair held, the fastest). Past it the keep decision and the
+            sweep stream the pairs (the same result, in bounded memory, slower);
+            outputs that are pairs themselves (``label_conflicts``, ``leak_pairs``)
+            cannot stream and raise ValueError with their estimated count instead.
 
     Returns:
         A :class:`~torch_dedup.plan.DedupPlan` (empty for ``N == 0``).
 
     Raises:
-        ValueError: a bad argument (names it, its value and what is allowed).
+        ValueError: a bad argument (names it, its value and what is allowed), or label
+            conflicts / leak pairs above ``memory_limit`` (with their count and the fix).
+
+    Thresholds where more than 0.1% of unrelated (random) hash pairs fall within the
+    threshold are logged as a WARNING naming the fix: a threshold counts bits of the
+    whole hash (``docs/clustering.md``).
 
     Example:
         >>> import numpy as np
@@ -331,6 +596,7 @@ def find_duplicates(hashes, threshold=6, *, policy="greedy", priority=None, labe
     """
     a = _validate(hashes, threshold, policy, priority, labels, per_class, against, valid)
     check_bool("leak_pairs", leak_pairs)
+    memory_limit = _check_memory_limit(memory_limit)
     if sweep_max is not None:
         sweep_max = _int_arg("sweep_max", sweep_max, 0, a.bits)
     if settings is not None and not isinstance(settings, dict):
@@ -338,18 +604,20 @@ def find_duplicates(hashes, threshold=6, *, policy="greedy", priority=None, labe
     if provenance is not None and not isinstance(provenance, dict):
         raise ValueError(f"provenance must be a dict or None, got {type(provenance).__name__}")
     n, t = a.n, a.threshold
+    _warn_threshold("threshold", t, a.bits)
     search_t = t if sweep_max is None else max(t, sweep_max)
-    g, kind = _graph(a, search_t, lambda vidx: _order(a.priority, vidx))
+    g, kind = _graph(a, search_t, lambda vidx: _order(a.priority, vidx), memory_limit,
+                     leak_pairs_t=t if leak_pairs else None)
     excluded = g.excl_level <= t
 
     if a.policy == "greedy":
-        kept_k, rep_k, rd_k = _k.greedy_keys(g.indptr, g.nbr, g.dist, t, excluded)
+        kept_k, rep_k, rd_k = _decide(g, "greedy", t, excluded, memory_limit, None)
         leader = np.where(kept_k, np.arange(len(kept_k)), rep_k)
         pk = g.item_key
         rep_local = g.best[leader[pk]]
         dist_local = np.where(kept_k[pk], 0, rd_k[pk]).astype(np.int16)
     else:
-        leader = _k.components_keys(g.indptr, g.nbr, g.dist, t, excluded)
+        leader = _decide(g, "components", t, excluded, memory_limit, None)
         pk = g.item_key
         rep_local = g.best[np.maximum(leader[pk], 0)]
         xor = g.uniq[g.inv] ^ g.uniq[g.inv[rep_local]]
@@ -375,17 +643,17 @@ def find_duplicates(hashes, threshold=6, *, policy="greedy", priority=None, labe
     u_of = np.full(n, -1, np.int64)
     u_of[g.vidx] = g.inv
     leaks = np.stack([leaked_idx, g.leak_row[u_of[leaked_idx]], g.leak_dist[u_of[leaked_idx]]], axis=1)
-    all_leaks = _leak_pairs(g, t) if leak_pairs else None
+    all_leaks = _leak_pairs(g, t, a.bits, memory_limit) if leak_pairs else None
 
     dtype_d = np.uint8 if a.bits <= 255 else np.uint16
     if a.labels is not None and len(g.vidx):
-        conflicts, conflict_d = _label_conflicts(g, t, n)
+        conflicts, conflict_d = _label_conflicts(g, t, n, a.bits, memory_limit, None)
     else:
         conflicts, conflict_d = np.zeros((0, 2), np.int64), np.zeros(0, dtype_d)
 
     sweep = None
     if sweep_max is not None:
-        sweep = _sweep_counts(g, a.policy, sweep_max).sum(axis=1).astype(np.int64)
+        sweep = _sweep_counts(g, a.policy, sweep_max, memory_limit).sum(axis=1).astype(np.int64)
 
     base = {"threshold": t, "policy": a.policy, "hash_bits": a.bits, "hash_words": int(a.rows.shape[1]),
             "priority": kind if a.priority is not None else "index", "per_class": a.per_class,
@@ -459,9 +727,25 @@ def keep_from_pairs(n, pairs, *, policy="greedy") -> tuple[np.ndarray, np.ndarra
     return kept, rep.astype(np.int64, copy=False)
 
 
-def _sweep_counts(g: _Graph, policy: str, max_t: int) -> np.ndarray:
-    kernel = _k.sweep_greedy if policy == "greedy" else _k.sweep_components
-    return kernel(g.indptr, g.nbr, g.dist, g.excl_level, g.key_class, g.n_classes, max_t)
+def _sweep_counts(g: _Graph, policy: str, max_t: int, memory_limit: int | None) -> np.ndarray:
+    """Kept keys per class at every threshold ``0..max_t``: ``(max_t + 1, n_classes)``."""
+    if not g.streamed:
+        kernel = _k.sweep_greedy if policy == "greedy" else _k.sweep_components
+        return kernel(g.indptr, g.nbr, g.dist, g.excl_level, g.key_class, g.n_classes, max_t)
+    workers = _check_workers(None)
+    cls = g.key_class if g.per_class else None
+    out = np.zeros((max_t + 1, g.n_classes), np.int64)
+    if policy == "greedy":  # one streamed greedy per level (kept sets are not monotone in t)
+        for s in range(max_t + 1):
+            kept = _greedy_streamed(g.key_rows, cls, g.excl_level <= s, s, memory_limit // _PAIR_BYTES, workers)[0]
+            out[s] = np.bincount(g.key_class[kept], minlength=g.n_classes)
+        return out
+    levels = np.arange(max_t + 1, dtype=np.int64)
+    parents = _components_streamed(g.key_rows, cls, g.excl_level, levels, workers)
+    for s in range(max_t + 1):
+        roots = _k.component_leaders(parents[s], g.excl_level, s) == np.arange(len(g.key_rows))
+        out[s] = np.bincount(g.key_class[roots], minlength=g.n_classes)
+    return out
 
 
 class ClassSweep(NamedTuple):
@@ -476,16 +760,18 @@ class ClassSweep(NamedTuple):
     kept: np.ndarray
 
 
-def _sweep(hashes, max_threshold, policy, priority, labels, per_class, valid):
+def _sweep(hashes, max_threshold, policy, priority, labels, per_class, valid, memory_limit):
     a = _validate(hashes, 0, policy, priority, labels, per_class, None, valid)
     max_t = _int_arg("max_threshold", max_threshold, 0, a.bits)
+    memory_limit = _check_memory_limit(memory_limit)
+    _warn_threshold("max_threshold", max_t, a.bits, limit=0.5)
     a.threshold = max_t
-    g, _ = _graph(a, max_t, lambda vidx: _order(a.priority, vidx))
-    return g, _sweep_counts(g, a.policy, max_t).astype(np.int64)
+    g, _ = _graph(a, max_t, lambda vidx: _order(a.priority, vidx), memory_limit)
+    return g, _sweep_counts(g, a.policy, max_t, memory_limit).astype(np.int64)
 
 
 def sweep_thresholds(hashes, max_threshold, *, policy="greedy", priority=None, labels=None, per_class=False,
-                     valid=None) -> np.ndarray:
+                     valid=None, memory_limit=DEFAULT_MEMORY_LIMIT) -> np.ndarray:
     """Kept count at every threshold ``0..max_threshold`` from one search.
 
     ``result[t]`` equals ``find_duplicates(hashes, t, ...).n_kept`` for the same
@@ -495,7 +781,8 @@ def sweep_thresholds(hashes, max_threshold, *, policy="greedy", priority=None, l
     Args:
         hashes: ``(N,)`` or ``(N, W)`` uint64.
         max_threshold: largest threshold, an int in ``[0, 64 * W]``.
-        policy, priority, labels, per_class, valid: as in :func:`find_duplicates`.
+        policy, priority, labels, per_class, valid, memory_limit: as in :func:`find_duplicates`
+            (past ``memory_limit`` the pairs stream: greedy re-runs the search per level).
 
     Returns:
         ``(max_threshold + 1,)`` int64 kept counts.
@@ -508,18 +795,18 @@ def sweep_thresholds(hashes, max_threshold, *, policy="greedy", priority=None, l
         >>> sweep_thresholds(np.array([0, 1, 3, 7], dtype=np.uint64), 2).tolist()
         [4, 2, 2]
     """
-    return _sweep(hashes, max_threshold, policy, priority, labels, per_class, valid)[1].sum(axis=1)
+    return _sweep(hashes, max_threshold, policy, priority, labels, per_class, valid, memory_limit)[1].sum(axis=1)
 
 
 def sweep_thresholds_by_class(hashes, max_threshold, *, labels, policy="greedy", priority=None, per_class=False,
-                              valid=None) -> ClassSweep:
+                              valid=None, memory_limit=DEFAULT_MEMORY_LIMIT) -> ClassSweep:
     """Kept count per class at every threshold ``0..max_threshold`` from one search.
 
     Args:
         hashes: ``(N,)`` or ``(N, W)`` uint64.
         max_threshold: largest threshold.
         labels: ``(N,)`` int class labels (required).
-        policy, priority, per_class, valid: as in :func:`find_duplicates`.
+        policy, priority, per_class, valid, memory_limit: as in :func:`find_duplicates`.
 
     Returns:
         :class:`ClassSweep` ``(classes, kept)``; ``kept[t, c]`` is the number of kept
@@ -537,5 +824,5 @@ def sweep_thresholds_by_class(hashes, max_threshold, *, labels, policy="greedy",
     """
     if labels is None:
         raise ValueError("labels= is required: an (N,) int array of class labels")
-    g, counts = _sweep(hashes, max_threshold, policy, priority, labels, per_class, valid)
+    g, counts = _sweep(hashes, max_threshold, policy, priority, labels, per_class, valid, memory_limit)
     return ClassSweep(g.classes.astype(np.int64), counts[:, :len(g.classes)])

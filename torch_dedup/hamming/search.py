@@ -21,6 +21,7 @@ import logging
 import math
 import numbers
 import os
+import threading
 from concurrent.futures import ThreadPoolExecutor
 from itertools import combinations
 from typing import NamedTuple
@@ -389,41 +390,54 @@ def _run(tasks, workers: int):
 
 _FIRST_BUFFER = 1 << 12
 _MAX_BUFFER = 1 << 22
+#: Largest buffer of a streamed search (24 bytes a pair): 1.5 MB per thread.
+_STREAM_BUFFER = 1 << 16
 
 
-def _drain(kernel, args, state, done):
-    """Run a resumable kernel to the end, with fresh output buffers each time it fills."""
+def _drain(kernel, args, state, done, emit=None):
+    """Run a resumable kernel to the end, with fresh output buffers each time it fills.
+
+    With ``emit``, each filled part goes to ``emit(ii, jj, dd)`` (views of buffers reused
+    at once: the callee folds or copies them) and nothing is kept, so a stream holds
+    at most one :data:`_STREAM_BUFFER` buffer per thread whatever the pair count.
+    """
     parts = []
     cap = _FIRST_BUFFER
+    ii = None
     while True:
-        ii = np.empty(cap, np.int64)
-        jj = np.empty(cap, np.int64)
-        dd = np.empty(cap, np.int64)
+        if ii is None or emit is None:
+            ii = np.empty(cap, np.int64)
+            jj = np.empty(cap, np.int64)
+            dd = np.empty(cap, np.int64)
         p, *state = kernel(*args, *state, ii, jj, dd)
-        if p:
+        if p and emit is not None:
+            emit(ii[:p], jj[:p], dd[:p])
+        elif p:
             # a mostly empty buffer would pin its full size: copy the used part
             keep = (lambda x: x[:p].copy()) if p < cap // 2 else (lambda x: x[:p])
             parts.append((keep(ii), keep(jj), keep(dd)))
         if done(state):
             return parts
-        cap = min(2 * cap, _MAX_BUFFER)
+        new_cap = min(2 * cap, _MAX_BUFFER if emit is None else _STREAM_BUFFER)
+        if new_cap != cap:
+            cap, ii = new_cap, None
 
 
-def _brute_task(a, b, t, i0, i1):
+def _brute_task(a, b, t, i0, i1, emit=None):
     def task():
         if a.shape[1] == 1:
             x = a[:, 0]
             if b is None:
-                return _drain(_kernels.brute_self_1, (x, t, i1), (i0, i0 + 1), lambda s: s[0] >= i1)
-            return _drain(_kernels.brute_query_1, (x, b[:, 0], t, i1), (i0, 0), lambda s: s[0] >= i1)
+                return _drain(_kernels.brute_self_1, (x, t, i1), (i0, i0 + 1), lambda s: s[0] >= i1, emit)
+            return _drain(_kernels.brute_query_1, (x, b[:, 0], t, i1), (i0, 0), lambda s: s[0] >= i1, emit)
         if b is None:
-            return _drain(_kernels.brute_self, (a, t, i1), (i0, i0 + 1), lambda s: s[0] >= i1)
-        return _drain(_kernels.brute_query, (a, b, t, i1), (i0, 0), lambda s: s[0] >= i1)
+            return _drain(_kernels.brute_self, (a, t, i1), (i0, i0 + 1), lambda s: s[0] >= i1, emit)
+        return _drain(_kernels.brute_query, (a, b, t, i1), (i0, 0), lambda s: s[0] >= i1, emit)
 
     return task
 
 
-def _table_task(a, b, t, key, below, bucket_bits):
+def _table_task(a, b, t, key, below, bucket_bits, emit=None):
     nb = 1 << bucket_bits
 
     def done(state):
@@ -434,14 +448,14 @@ def _table_task(a, b, t, key, below, bucket_bits):
             k1, bl1 = key[0], np.ascontiguousarray(below[:, 0])
             sa = _kernels.bucket_sort_1(a[:, 0], k1, bucket_bits)
             if b is None:
-                return _drain(_kernels.verify_self_1, (*sa, t, k1, bl1), (0, 0, 0), done)
+                return _drain(_kernels.verify_self_1, (*sa, t, k1, bl1), (0, 0, 0), done, emit)
             sb = _kernels.bucket_sort_1(b[:, 0], k1, bucket_bits)
-            return _drain(_kernels.verify_query_1, (*sa, *sb, t, k1, bl1), (0, 0, 0), done)
+            return _drain(_kernels.verify_query_1, (*sa, *sb, t, k1, bl1), (0, 0, 0), done, emit)
         sa = _kernels.bucket_sort(a, key, bucket_bits)
         if b is None:
-            return _drain(_kernels.verify_self, (*sa, t, key, below), (0, 0, 0), done)
+            return _drain(_kernels.verify_self, (*sa, t, key, below), (0, 0, 0), done, emit)
         sb = _kernels.bucket_sort(b, key, bucket_bits)
-        return _drain(_kernels.verify_query, (*sa, *sb, t, key, below), (0, 0, 0), done)
+        return _drain(_kernels.verify_query, (*sa, *sb, t, key, below), (0, 0, 0), done, emit)
 
     return task
 
@@ -490,6 +504,91 @@ def _search_distinct(a: np.ndarray, b: np.ndarray | None, t: int, algorithm: str
         order = np.argsort(ii * (na if nb is None else nb) + jj)
         ii, jj, dd = ii[order], jj[order], dd[order]
     return ii, jj, dd
+
+
+class _Stopped(Exception):
+    """Raised inside a streamed search's tasks once another task's consumer has failed."""
+
+
+def _stream_distinct(a: np.ndarray, b: np.ndarray | None, t: int, consume, *, algorithm: str = "auto",
+                     workers: int = 1) -> None:
+    """The search of :func:`_search_distinct`, every pair handed to ``consume`` instead of kept.
+
+    ``consume(ii, jj, dd)`` gets int64 views of a reused buffer, at most
+    :data:`_STREAM_BUFFER` pairs at a time, in no particular order, one call at a time (a
+    lock serialises the threads), and must fold or copy them before it returns. Memory:
+    one buffer per thread plus what ``consume`` keeps; every pair of the search is still
+    found exactly once. ``a`` (and ``b``) need not be distinct rows: identical rows are
+    a pair at distance 0 (except at ``t == 0`` in a self-search, which reports nothing).
+    The first exception a ``consume`` raises stops the other tasks and is re-raised.
+    """
+    na = a.shape[0]
+    nb = None if b is None else b.shape[0]
+    if na == 0 or nb == 0 or (b is None and (na < 2 or t == 0)):
+        return
+    if max(na, nb or 0) >= 2**31 - 1:
+        raise ValueError(f"at most 2**31 - 2 rows per side are supported, got {max(na, nb or 0)}")
+    lock = threading.Lock()
+    failed: list[BaseException] = []
+
+    def emit(ii, jj, dd):
+        with lock:
+            if failed:
+                raise _Stopped
+            try:
+                consume(ii, jj, dd)
+            except BaseException as e:
+                failed.append(e)
+                raise
+
+    kind, n_blocks, _ = _plan(na, nb, a.shape[1], t, algorithm, workers)
+    if kind == "brute":
+        tasks = [_brute_task(a, b, t, s, e, emit) for s, e in _row_chunks(na, 8 * workers, triangular=b is None)]
+    else:
+        bb = _bucket_bits(max(na, nb or 0))
+        tasks = [_table_task(a, b, t, tab.key, tab.below, bb, emit) for tab in _block_tables(n_blocks, t, a.shape[1])]
+    try:
+        _run(tasks, workers)
+    except BaseException:
+        if failed:
+            raise failed[0] from None
+        raise
+
+
+def _pair_fraction(a: np.ndarray, b: np.ndarray | None, t: int, *, classes: np.ndarray | None = None,
+                   sample: int = 2048, seed: int = 0) -> float:
+    """Fraction of row pairs within ``t`` (self: ``i < j`` of ``a``; query: ``a x b``), from a sample.
+
+    Exact when the rows fit in the sample; otherwise a uniform sample of ``sample`` rows
+    per side (fixed seed: the same input gives the same estimate on every rank). Rows
+    need not be distinct. With ``classes`` (self only), only pairs whose classes differ
+    count. An estimate: data with a few tight groups can hold more pairs than the
+    sample sees, so callers keep a hard cap as well.
+    """
+    a = _as_rows(a, "a")
+    b = None if b is None else _as_rows(b, "b")
+    rng = np.random.default_rng(seed)
+    pick_a = np.arange(len(a)) if len(a) <= sample else np.sort(rng.choice(len(a), sample, replace=False))
+    sa = a[pick_a]
+    ca = None if classes is None else np.asarray(classes)[pick_a]
+    if b is None:
+        sb, cb = sa, ca
+    else:
+        sb = b if len(b) <= sample else b[np.sort(rng.choice(len(b), sample, replace=False))]
+        cb = None
+    if len(sa) == 0 or len(sb) == 0:
+        return 0.0
+    hits = 0
+    for s in range(0, len(sa), 128):
+        d = popcount64(sa[s:s + 128, None, :] ^ sb[None, :, :]).sum(axis=2, dtype=np.int64)
+        within = d <= t
+        if b is None:
+            within &= np.arange(s, s + len(d))[:, None] < np.arange(len(sb))[None, :]
+        if ca is not None:
+            within &= ca[s:s + 128, None] != cb[None, :]
+        hits += int(within.sum())
+    total = len(sa) * (len(sa) - 1) / 2 if b is None else len(sa) * len(sb)
+    return hits / total if total else 0.0
 
 
 def _result(ii, jj, dd, bits: int) -> HammingPairs:
