@@ -131,3 +131,24 @@ def test_cifar10_jpegs_cli_leak_equals_sampler_against(tmp_path):
     assert keep == [train.samples[i][0] for i in sampler.kept_indices.tolist()]
     assert got["leaked_train"] == int(sampler.plan.leaked.sum()) > 0
     assert got["n_train"] == 50_000 and got["n_test"] == 10_000
+
+
+def test_memory_limit_reaches_the_keep_decision():
+    images, labels = load_sample(300)
+
+    class Arr(torch.utils.data.Dataset):
+        targets = labels
+
+        def __len__(self):
+            return 300
+
+        def __getitem__(self, i):
+            return images[i], int(labels[i])
+
+    # at t=40 most of the 45k pairs cross labels: their list does not fit in 1 MiB and cannot stream
+    with pytest.raises(ValueError, match="memory_limit"):
+        plan_dataset(Arr(), 40, memory_limit=1 << 20, cache_dir=False, progress=False)
+    plan = plan_dataset(Arr(), 40, memory_limit=None, cache_dir=False, progress=False)
+    assert len(plan.label_conflicts) > (1 << 20) // 64
+    with pytest.raises(ValueError, match="memory_limit"):
+        DedupOptions(memory_limit=10)

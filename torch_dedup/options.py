@@ -27,6 +27,7 @@ from ._checks import (
     check_threshold,
     check_workers,
 )
+from .hamming.cluster import DEFAULT_MEMORY_LIMIT
 from .plan import POLICIES
 
 __all__ = ["DedupOptions", "option_names", "options_from"]
@@ -61,6 +62,10 @@ class DedupOptions:
         sweep_max: also record the kept count at every threshold ``0..sweep_max``.
         leak_pairs: record every pair between the dataset and ``against`` in the plan
             (``plan.leak_pairs``), not only each leaked item's nearest.
+        memory_limit: bytes of near-duplicate pairs the keep decision may hold at once
+            (default 1 GiB); past it the decision streams (same result), and the pair lists
+            that cannot stream (label conflicts, ``leak_pairs``) are refused with the
+            estimate. ``None`` lifts the cap.
 
     Raises:
         ValueError: any field out of range (the message names it, its value and the fix).
@@ -89,6 +94,7 @@ class DedupOptions:
     refresh: bool = False
     sweep_max: int | None = None
     leak_pairs: bool = False
+    memory_limit: int | None = DEFAULT_MEMORY_LIMIT
 
     def __post_init__(self) -> None:
         check_method(self.method)
@@ -100,6 +106,8 @@ class DedupOptions:
         check_workers(self.workers)
         for name in ("per_class", "fast_decode", "progress", "refresh", "leak_pairs"):
             check_bool(name, getattr(self, name))
+        if self.memory_limit is not None:
+            check_int("memory_limit", self.memory_limit, 1 << 20, hint="bytes; None lifts the cap")
         if self.sweep_max is not None:
             check_int("sweep_max", self.sweep_max, 0, bits, hint="the largest threshold to count kept items at")
         if self.fingerprint is not None and not isinstance(self.fingerprint, str):

@@ -29,7 +29,7 @@ import numpy as np
 
 from .dataset_hashes import DatasetHashes, hash_dataset_with
 from .errors import EmptyDedupError
-from .hamming.cluster import find_duplicates
+from .hamming.cluster import DEFAULT_MEMORY_LIMIT, find_duplicates
 from .options import DedupOptions, option_names
 from .plan import DedupPlan
 from .sidecar import library_versions
@@ -92,7 +92,7 @@ def plan_dataset(ds, threshold: int | None = None, *, options: DedupOptions | No
         **settings: any :class:`~torch_dedup.options.DedupOptions` field: ``method``,
             ``hash_size``, ``policy``, ``per_class``, ``labels``, ``priority``, ``against``,
             ``image_fn``, ``fingerprint``, ``cache_dir``, ``on_error``, ``workers``,
-            ``fast_decode``, ``progress``, ``refresh``, ``sweep_max``, ``leak_pairs``.
+            ``fast_decode``, ``progress``, ``refresh``, ``sweep_max``, ``leak_pairs``, ``memory_limit``.
 
     Returns:
         The :class:`~torch_dedup.plan.DedupPlan`; its provenance records the fingerprint,
@@ -147,7 +147,8 @@ def plan_with(ds, options: DedupOptions, *, distributed: bool | str = "auto", gr
     plan = together(lambda: plan_from_hashes(dh, options.threshold, policy=options.policy,
                                              per_class=options.per_class, labels=labels, priority=options.priority,
                                              against=against, against_fingerprints=against_prints,
-                                             sweep_max=options.sweep_max, leak_pairs=options.leak_pairs),
+                                             sweep_max=options.sweep_max, leak_pairs=options.leak_pairs,
+                                             memory_limit=options.memory_limit),
                     "planning")
     warn_if_order_strips_classes(plan, type(ds).__name__)
     # DEBUG, not INFO: consumers (DedupSampler, DedupDataset, the CLI) log the one INFO line.
@@ -290,14 +291,15 @@ def check_labels(labels, n: int, per_class: bool, name: str = "the dataset") -> 
 def plan_from_hashes(dh: DatasetHashes, threshold: int = 6, *, policy: str = "greedy", per_class: bool = False,
                      labels=None, priority=None, against: np.ndarray | None = None,
                      against_fingerprints: Sequence[str | None] = (), sweep_max: int | None = None,
-                     leak_pairs: bool = False) -> DedupPlan:
+                     leak_pairs: bool = False, memory_limit: int | None = DEFAULT_MEMORY_LIMIT) -> DedupPlan:
     """Decide which items of an already hashed dataset to keep (the step after hashing).
 
     :func:`plan_dataset` ends here in one process and under DDP, so the two cannot drift.
 
     Args:
         dh: the dataset's hashes.
-        threshold, policy, per_class, priority, sweep_max, leak_pairs: as in :func:`plan_dataset`.
+        threshold, policy, per_class, priority, sweep_max, leak_pairs, memory_limit: as in
+            :func:`plan_dataset`.
         labels: per-item labels; ``None`` takes ``dh.labels``.
         against: hashes of other sets (already hashed with the same method and size).
         against_fingerprints: their fingerprints, recorded in the plan's provenance.
@@ -315,10 +317,10 @@ def plan_from_hashes(dh: DatasetHashes, threshold: int = 6, *, policy: str = "gr
                   "first_failure": None if first is None else [int(first[0]), str(first[1]), str(first[2])],
                   "against_fingerprints": list(against_fingerprints), "versions": library_versions()}
     settings = {"method": dh.meta["method"], "hash_size": int(dh.meta["hash_size"]), "decode": dh.meta["decode"]}
-    extra = {"leak_pairs": True} if leak_pairs else {}
     return find_duplicates(dh.hashes, threshold, policy=policy, priority=_priority_array(priority, n),
                            labels=labels, per_class=per_class, against=against, valid=dh.valid,
-                           sweep_max=sweep_max, provenance=provenance, settings=settings, **extra)
+                           sweep_max=sweep_max, provenance=provenance, settings=settings, leak_pairs=leak_pairs,
+                           memory_limit=memory_limit)
 
 
 def plan_dataset_distributed(ds, threshold: int = 6, *, group=None, **settings: Any) -> DedupPlan:
