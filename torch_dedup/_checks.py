@@ -12,7 +12,7 @@ import numbers
 from typing import Any
 
 __all__ = ["HASH_METHODS", "ON_ERROR", "check_bool", "check_choice", "check_hash_size", "check_int",
-           "check_method", "check_on_error", "check_threshold", "check_workers"]
+           "check_method", "check_on_error", "check_threshold", "check_workers", "method_bits", "method_parts"]
 
 #: The perceptual hash methods (imagehash's ``average_hash`` is ``ahash``).
 HASH_METHODS = ("ahash", "dhash", "phash", "whash")
@@ -47,19 +47,53 @@ def check_choice(name: str, value: Any, choices: tuple) -> Any:
     return value
 
 
+def method_parts(method: Any) -> tuple[str, ...]:
+    """The hash methods a method name stands for: ``"phash"`` -> ``("phash",)``;
+    a composite code ``"phash+dhash"`` -> ``("phash", "dhash")`` (concatenated bits, so its
+    Hamming distance is the sum of the parts' distances).
+
+    Raises:
+        ValueError: an unknown part, an empty part, or a part named twice.
+    """
+    if not isinstance(method, str) or not method:
+        raise ValueError(f"method={method!r} is not a hash method; use one of "
+                         f"{', '.join(map(repr, HASH_METHODS))} or a '+' combination such as 'phash+dhash'")
+    parts = tuple(method.split("+"))
+    bad = [p for p in parts if p not in HASH_METHODS]
+    if bad:
+        raise ValueError(f"method={method!r} is not a hash method ({bad[0]!r} is unknown); use one of "
+                         f"{', '.join(map(repr, HASH_METHODS))} or a '+' combination such as 'phash+dhash'")
+    if len(set(parts)) != len(parts):
+        raise ValueError(f"method={method!r} names a hash twice; each part of a composite code counts once "
+                         f"(e.g. 'phash+dhash')")
+    return parts
+
+
 def check_method(method: Any) -> str:
-    """A known hash method name."""
-    if not isinstance(method, str) or method not in HASH_METHODS:
-        raise ValueError(f"method={method!r} is not a hash method; use one of {', '.join(map(repr, HASH_METHODS))}")
+    """A known hash method name, or a ``+`` combination of them (a composite code)."""
+    method_parts(method)
     return method
 
 
 def check_hash_size(hash_size: Any, method: str | None = None) -> int:
-    """A hash side length >= 2 (8 gives 64-bit hashes); a power of two for ``whash``."""
+    """A hash side length >= 2 (8 gives 64-bit hashes); a power of two for ``whash``.
+
+    A composite code's parts each fill whole 64-bit words, so its hash size must make
+    ``hash_size**2`` a multiple of 64 (8, 16, 24, 32, ...).
+    """
     size = check_int("hash_size", hash_size, 2, hint="8 gives 64-bit hashes, 16 gives 256-bit")
-    if method == "whash" and size & (size - 1):
+    parts = method_parts(method) if method is not None else ()
+    if "whash" in parts and size & (size - 1):
         raise ValueError(f"hash_size={hash_size!r} must be a power of 2 for whash (2, 4, 8, 16, ...)")
+    if len(parts) > 1 and (size * size) % 64:
+        raise ValueError(f"hash_size={hash_size!r} gives {size * size}-bit parts, but the parts of the composite "
+                         f"code {method!r} must fill whole 64-bit words: use hash_size 8 or 16")
     return size
+
+
+def method_bits(method: str, hash_size: int) -> int:
+    """Bits of one hash: ``hash_size**2`` per part of the method (``phash+dhash`` at 8: 128)."""
+    return len(method_parts(method)) * int(hash_size) * int(hash_size)
 
 
 def check_threshold(threshold: Any, bits: int, method: str | None = None) -> int:

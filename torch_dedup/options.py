@@ -26,6 +26,7 @@ from ._checks import (
     check_on_error,
     check_threshold,
     check_workers,
+    method_bits,
 )
 from .hamming.cluster import DEFAULT_MEMORY_LIMIT
 from .plan import POLICIES
@@ -40,7 +41,9 @@ class DedupOptions:
     Attributes:
         threshold: items within this many differing bits are near-duplicates; it counts
             bits of the whole hash, so scale it with ``hash_size`` (``[0, hash_size**2]``).
-        method: ``"phash"`` (default), ``"dhash"``, ``"ahash"`` or ``"whash"``.
+        method: ``"phash"`` (default), ``"dhash"``, ``"ahash"``, ``"whash"``, or a composite
+            code of several joined by ``+`` (``"phash+dhash"``: one decode, concatenated bits,
+            the summed Hamming distance).
         hash_size: hash side (8: 64-bit hashes, 16: 256-bit).
         policy: ``"greedy"`` (no two kept items within the threshold) or ``"components"``
             (one item per connected component).
@@ -123,8 +126,8 @@ class DedupOptions:
 
     @property
     def bits(self) -> int:
-        """Bits per hash (``hash_size ** 2``)."""
-        return int(self.hash_size) * int(self.hash_size)
+        """Bits per hash (``hash_size ** 2`` per part of ``method``)."""
+        return method_bits(self.method, self.hash_size)
 
     def replace(self, **changes: Any) -> DedupOptions:
         """A copy with ``changes`` applied (validated again).

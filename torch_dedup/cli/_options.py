@@ -15,6 +15,7 @@ from typing import Any
 import numpy as np
 
 from .._checks import HASH_METHODS as METHODS
+from .._checks import check_method
 from ..options import DedupOptions
 from ..plan import POLICIES
 
@@ -48,9 +49,18 @@ def cli_words(text: str, args) -> str:
     return re.sub(r"  +", " ", text)
 
 
+def _method_arg(text: str) -> str:
+    try:
+        return check_method(text)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(str(exc).replace("method=", "")) from None
+
+
 def add_hashing_args(p: argparse.ArgumentParser, *, workers_help: str, on_error_help: str) -> None:
     """--method, --hash-size, --workers and --on-error: shared by the dataset commands and ``wds``."""
-    p.add_argument("--method", choices=METHODS, default="phash", help="perceptual hash (default phash)")
+    p.add_argument("--method", type=_method_arg, default="phash", metavar="METHOD",
+                   help=f"perceptual hash: {', '.join(METHODS)}, or a composite code joined by '+' such as "
+                        f"phash+dhash (one decode, summed distance; hash size 8 or 16) (default phash)")
     p.add_argument("--hash-size", type=int, default=8, help="hash side: 8 = 64 bits (default), 16 = 256 bits")
     p.add_argument("--workers", type=int, default=None, help=workers_help)
     p.add_argument("--on-error", choices=("raise", "skip"), default="raise", help=on_error_help)

@@ -25,10 +25,11 @@ from collections.abc import Sequence
 import numpy as np
 from PIL import Image
 
+from torch_dedup._checks import method_parts
 from torch_dedup.hashing._methods import resize_target
 from torch_dedup.hashing._stack import hash_stack
 
-__all__ = ["decode_batch", "hash_files", "load_file", "load_pixels", "prepare_pil"]
+__all__ = ["decode_batch", "hash_files", "load_file", "load_pixels", "load_pixels_parts", "prepare_pil"]
 
 _LANCZOS = Image.Resampling.LANCZOS
 
@@ -108,6 +109,30 @@ _DECODE_STEP = 512
 _DECODE_BYTES = 1 << 26
 
 
+def load_pixels_parts(path: str | os.PathLike, parts: Sequence[str], hash_size: int,
+                      fast_decode: bool = False) -> list[np.ndarray]:
+    """:func:`load_pixels` for each part of a composite code, decoding ``path`` once.
+
+    Small images come back once, as stored, shared by every part (each part's stacked
+    kernel resizes them); big ones are converted to ``L`` once and resized by Pillow to
+    each part's target. With ``fast_decode`` the JPEG draft asks for the largest target
+    of all parts, so no part gets less resolution than it would alone.
+    """
+    with _open(path) as im:
+        width, height = im.size
+        targets = [resize_target(p, hash_size, width, height) for p in parts]
+        if fast_decode:
+            im.draft("L", (max(t[0] for t in targets), max(t[1] for t in targets)))
+        if width * height > _PIL_RESIZE_MIN_PIXELS:
+            gray = im.convert("L")
+            return [np.asarray(gray.resize(t, _LANCZOS), dtype=np.uint8)[:, :, None] for t in targets]
+        if im.mode not in ("L", "RGB"):
+            im = im.convert("L")
+        arr = np.asarray(im)
+    arr = arr[:, :, None] if arr.ndim == 2 else arr
+    return [arr] * len(parts)
+
+
 def hash_files(
     tasks: Sequence[tuple[int, str]], method: str, hash_size: int, fast_decode: bool
 ) -> list[tuple[int, np.ndarray | None, str | None]]:
@@ -115,17 +140,20 @@ def hash_files(
 
     Files are decoded up to ``_DECODE_STEP`` (or ``_DECODE_BYTES``) at a time; decoded arrays of the same shape are
     stacked and hashed by the stacked (fused numba) path, so only ``Image.open`` and the
-    decode run per file in Python.
+    decode run per file in Python. A composite code (``"phash+dhash"``) decodes each file
+    once for all its parts and returns the parts' words side by side.
 
     Returns:
         ``(index, words, None)`` with the packed ``uint64`` words ``(W,)`` on success, or
         ``(index, None, reason)`` on failure, in the order of ``tasks``.
     """
+    parts = method_parts(method)
     out: list[tuple[int, np.ndarray | None, str | None]] = []
     pos = 0
     while pos < len(tasks):
-        done: dict[int, tuple] = {}
-        groups: dict[tuple, list[tuple[int, np.ndarray]]] = {}
+        failed: dict[int, tuple] = {}
+        words: dict[int, list] = {}
+        groups: dict[tuple, list[tuple[int, np.ndarray]]] = {}  # (part, shape) -> (index, pixels)
         nbytes = 0
         part = []
         while pos < len(tasks) and len(part) < _DECODE_STEP and nbytes < _DECODE_BYTES:
@@ -133,17 +161,27 @@ def hash_files(
             pos += 1
             part.append(index)
             try:
-                arr = load_pixels(path, method, hash_size, fast_decode)
+                if len(parts) == 1:
+                    arrays = [load_pixels(path, method, hash_size, fast_decode)]
+                else:
+                    arrays = load_pixels_parts(path, parts, hash_size, fast_decode)
             except Exception as exc:  # any decoder failure is reported per file, not raised here
-                done[index] = (index, None, f"{type(exc).__name__}: {exc}")
+                failed[index] = (index, None, f"{type(exc).__name__}: {exc}")
                 continue
-            nbytes += arr.nbytes
-            groups.setdefault(arr.shape, []).append((index, arr))
-        for items in groups.values():
-            words = hash_stack(np.stack([a for _, a in items]), method, hash_size)
-            for (index, _), row in zip(items, words):
-                done[index] = (index, row, None)
-        out.extend(done[index] for index in part)
+            nbytes += sum({id(a): a.nbytes for a in arrays}.values())
+            words[index] = [None] * len(parts)
+            for k, arr in enumerate(arrays):
+                groups.setdefault((k, arr.shape), []).append((index, arr))
+        for (k, _), items in groups.items():
+            rows = hash_stack(np.stack([a for _, a in items]), parts[k], hash_size)
+            for (index, _), row in zip(items, rows):
+                words[index][k] = row
+        for index in part:
+            if index in failed:
+                out.append(failed[index])
+            else:
+                w = words[index]
+                out.append((index, w[0] if len(w) == 1 else np.concatenate(w), None))
     return out
 
 def decode_batch(

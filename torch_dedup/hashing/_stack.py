@@ -12,6 +12,7 @@ import logging
 
 import numpy as np
 
+from torch_dedup._checks import method_parts
 from torch_dedup.hashing import _methods
 from torch_dedup.hashing._inputs import stack_to_gray
 from torch_dedup.hashing._pack import pack_bits, packed_words, unpack_bits
@@ -63,7 +64,14 @@ def _use_parallel(n: int) -> bool:
 
 
 def hash_stack(stack: np.ndarray, method: str, hash_size: int, progress: bool = False) -> np.ndarray:
-    """Packed words ``(N, W)`` of a validated stack ``(N, H, W[, C])``."""
+    """Packed words ``(N, W)`` of a validated stack ``(N, H, W[, C])``.
+
+    A composite code (``"phash+dhash"``) is each part's words side by side, in the order
+    named: the pixels are in memory already, so each part resizes them itself.
+    """
+    parts = method_parts(method)
+    if len(parts) > 1:
+        return np.concatenate([hash_stack(stack, p, hash_size, progress) for p in parts], axis=1)
     n, h, w = stack.shape[:3]
     bits_total = hash_size * hash_size
     out = np.zeros((n, packed_words(bits_total)), dtype=np.uint64)

@@ -17,7 +17,8 @@ from dataclasses import dataclass
 import numpy as np
 from PIL import Image
 
-from torch_dedup._checks import HASH_METHODS, check_hash_size, check_int, check_method, check_on_error
+from torch_dedup._checks import (HASH_METHODS, check_hash_size, check_int, check_method, check_on_error, method_bits,
+                                 method_parts)
 from torch_dedup.errors import ImageDecodeError
 from torch_dedup.hashing._decode import hash_files, prepare_pil
 from torch_dedup.hashing._inputs import (
@@ -71,14 +72,20 @@ class HashResult:
 
 
 def hash_bits(method: str, hash_size: int) -> int:
-    """Bits in one hash: ``hash_size ** 2`` for every method (64 for 8, 256 for 16).
+    """Bits in one hash: ``hash_size ** 2`` for every method (64 for 8, 256 for 16), per
+    part for a composite code (``"phash+dhash"`` at 8: 128).
 
     Example:
-        >>> hash_bits("phash", 16)
-        256
+        >>> hash_bits("phash", 16), hash_bits("phash+dhash", 8)
+        (256, 128)
     """
     _check_method(method, hash_size)
-    return hash_size * hash_size
+    return method_bits(method, hash_size)
+
+
+def _words_of(method: str, hash_size: int) -> int:
+    """Packed words of one hash: each part of a composite code fills whole words."""
+    return len(method_parts(method)) * packed_words(hash_size * hash_size)
 
 
 def to_hex(hashes, hash_size: int | None = None) -> list[str]:
@@ -92,11 +99,19 @@ def to_hex(hashes, hash_size: int | None = None) -> list[str]:
     Returns:
         One string per row.
 
+    A composite code's :class:`HashResult` gives its parts' strings joined by ``+``
+    (``str(imagehash.phash(img)) + "+" + str(imagehash.dhash(img))`` for ``"phash+dhash"``).
+
     Example:
         >>> to_hex(np.array([0xFF], dtype=np.uint64))
         ['00000000000000ff']
     """
     if isinstance(hashes, HashResult):
+        k = len(method_parts(hashes.method))
+        if k > 1:
+            per = packed_words(hashes.hash_size * hashes.hash_size)
+            cols = [words_to_hex(hashes.hashes[:, j * per:(j + 1) * per], hashes.hash_size ** 2) for j in range(k)]
+            return ["+".join(row) for row in zip(*cols)]
         return words_to_hex(hashes.hashes, hashes.bits)
     bits = None if hash_size is None else _check_size(hash_size) ** 2
     return words_to_hex(np.asarray(hashes), bits)
@@ -106,7 +121,8 @@ def from_hex(hexes: Iterable[str], hash_size: int = 8) -> np.ndarray:
     """Parse imagehash hex strings into packed hashes (inverse of :func:`to_hex`).
 
     Args:
-        hexes: hex strings, each of ``ceil(hash_size**2 / 4)`` digits.
+        hexes: hex strings, each of ``ceil(hash_size**2 / 4)`` digits; a composite code's
+            strings join one such string per part with ``+`` (as :func:`to_hex` writes them).
         hash_size: the hash size they were made with.
 
     Returns:
@@ -121,7 +137,18 @@ def from_hex(hexes: Iterable[str], hash_size: int = 8) -> np.ndarray:
     """
     if isinstance(hexes, str):
         raise ValueError("hexes must be a sequence of strings, not one str; pass [hexes]")
-    words = hex_to_words(hexes, _check_size(hash_size) ** 2)
+    hexes = list(hexes)
+    bits = _check_size(hash_size) ** 2
+    split = [h.split("+") if isinstance(h, str) else [h] for h in hexes]
+    k = {len(p) for p in split}
+    if len(k) > 1:
+        raise ValueError(f"hexes mix codes of {sorted(k)} parts; parse each kind of code on its own")
+    if k and k.pop() > 1:
+        if bits % 64:
+            raise ValueError(f"composite codes need hash_size 8 or 16 (whole 64-bit words per part), got {hash_size}")
+        words = np.concatenate([hex_to_words([p[j] for p in split], bits) for j in range(len(split[0]))], axis=1)
+    else:
+        words = hex_to_words(hexes, bits)
     return words[:, 0] if words.shape[1] == 1 else words
 
 
@@ -131,7 +158,8 @@ def hash_array(images: np.ndarray, method: str = "phash", hash_size: int = 8) ->
     Args:
         images: ``uint8`` ``(N, H, W)`` grayscale, ``(N, H, W, 1)``, ``(N, H, W, 2)`` (LA),
             ``(N, H, W, 3)`` RGB or ``(N, H, W, 4)`` RGBA, as ``PIL.Image.fromarray`` reads them.
-        method: ``"ahash"``, ``"dhash"``, ``"phash"`` or ``"whash"``.
+        method: ``"ahash"``, ``"dhash"``, ``"phash"`` or ``"whash"``, or a composite code
+            such as ``"phash+dhash"`` (the parts' words side by side).
         hash_size: 8 (64-bit hashes) or 16 (256-bit); any size >= 2 imagehash supports.
 
     Returns:
@@ -171,7 +199,10 @@ def hash_images(
             (``HW``/``HWC``) or torch tensors (``CHW``/``HW``, ``uint8`` or float in [0, 1],
             converted like torchvision's ``to_pil_image``: ``pic.mul(255).byte()``); or one
             stacked ``uint8`` ndarray ``(N, H, W[, C])`` or tensor ``(N, C, H, W)``.
-        method: ``"ahash"`` (imagehash.average_hash), ``"dhash"``, ``"phash"``, ``"whash"``.
+        method: ``"ahash"`` (imagehash.average_hash), ``"dhash"``, ``"phash"``, ``"whash"``,
+            or a composite code such as ``"phash+dhash"``: each image is decoded once for
+            all parts, the parts' words stand side by side (hash size 8 or 16), and the
+            Hamming distance of two codes is the sum of the parts' distances.
         hash_size: 8 or 16 (any size >= 2; whash needs a power of two).
         on_error: ``"raise"`` raises :class:`~torch_dedup.errors.ImageDecodeError` on the
             first image that cannot be read; ``"skip"`` records it in ``failures``, sets
@@ -249,7 +280,7 @@ POOL_MIN_FILES = 32768
 
 def _hash_sequence(items, method, hash_size, on_error, workers, fast_decode, progress, batch_size) -> HashResult:
     n = len(items)
-    out = np.zeros((n, packed_words(hash_size * hash_size)), dtype=np.uint64)
+    out = np.zeros((n, _words_of(method, hash_size)), dtype=np.uint64)
     valid = np.ones(n, dtype=bool)
     failures: list[tuple[int, str, str]] = []
     n_files = sum(isinstance(x, (str, os.PathLike)) for x in items) if workers > 0 else 0
@@ -282,7 +313,8 @@ def _start_pool(workers: int, method: str, hash_size: int) -> FilePool | None:
 
 def _hash_chunk(items, start, stop, method, hash_size, on_error, fast_decode, pool, workers, out, valid, failures):
     chunk_failures: list[tuple[int, str, str]] = []
-    small: dict[int, np.ndarray] = {}  # index -> resized pixels
+    parts = method_parts(method)
+    small: dict[tuple[int, int], np.ndarray] = {}  # (index, part) -> resized pixels
     arrays: dict[tuple, list[int]] = {}  # raw-array shape -> indices (stacked fast path)
     raw: dict[int, np.ndarray] = {}
     paths: list[tuple[int, str]] = []
@@ -292,8 +324,12 @@ def _hash_chunk(items, start, stop, method, hash_size, on_error, fast_decode, po
             paths.append((i, os.fspath(item)))
         elif isinstance(item, Image.Image):
             try:
-                small[i] = prepare_pil(item, method, hash_size)
+                # a PIL image is decoded once (its first load); each part converts and resizes it
+                for k, p in enumerate(parts):
+                    small[(i, k)] = prepare_pil(item, p, hash_size)
             except Exception as exc:  # a broken lazy image: report, don't crash the batch
+                for k in range(len(parts)):
+                    small.pop((i, k), None)
                 chunk_failures.append((i, f"item {i}", f"{type(exc).__name__}: {exc}"))
         elif isinstance(item, np.ndarray) or is_torch_tensor(item):
             what = f"images[{i}]"
@@ -326,11 +362,12 @@ def _hash_chunk(items, start, stop, method, hash_size, on_error, fast_decode, po
         stack = np.stack([raw[i] for i in idx])
         out[idx] = hash_stack(stack, method, hash_size)
     by_shape: dict[tuple, list[int]] = {}
-    for i, pixels in small.items():
-        by_shape.setdefault(pixels.shape, []).append(i)
-    for idx in by_shape.values():
-        pixels = np.stack([small[i] for i in idx])
-        out[idx] = pack_bits(bits_from_resized(pixels, method, hash_size))
+    for (i, k), pixels in small.items():
+        by_shape.setdefault((k, pixels.shape), []).append(i)
+    per = packed_words(hash_size * hash_size)
+    for (k, _), idx in by_shape.items():
+        pixels = np.stack([small[(i, k)] for i in idx])
+        out[idx, k * per:(k + 1) * per] = pack_bits(bits_from_resized(pixels, parts[k], hash_size))
 
 
 def _decode_paths(paths, method, hash_size, fast_decode, pool, workers):

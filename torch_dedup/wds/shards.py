@@ -92,7 +92,8 @@ def hash_shard(url: str, method: str = "phash", hash_size: int = 8, *,
 
     Args:
         url: the shard (local path or any URL webdataset opens).
-        method: ``"ahash"``, ``"dhash"``, ``"phash"`` or ``"whash"``.
+        method: ``"ahash"``, ``"dhash"``, ``"phash"``, ``"whash"`` or a composite code
+            (``"phash+dhash"``).
         hash_size: hash size (8: 64 bits).
         image_exts: suffixes that hold the image, in order of preference.
         on_error: ``"raise"``: an undecodable image raises :class:`ImageDecodeError` and a
