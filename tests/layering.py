@@ -56,6 +56,7 @@ LAYERS: dict[str, int] = {
     "dataset_hashes.py": 3,
     "distributed_hashing.py": 3,
     "planning.py": 3,
+    "hf_datasets.py": 3,  # Hugging Face datasets (imported lazily, here only)
     "distributed.py": 3,  # deprecated alias
     "index.py": 3,  # deprecated alias
     "sample.py": 3,  # deprecated alias

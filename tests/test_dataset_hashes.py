@@ -82,7 +82,10 @@ def test_subset_hashes_are_the_base_hashes(tmp_path):
     full = hash_dataset(base, progress=False)
     sub = hash_dataset(Subset(base, [9, 3, 3, 0]), progress=False)
     np.testing.assert_array_equal(sub.hashes, full.hashes[[9, 3, 3, 0]])
-    assert sub.sidecar_path != full.sidecar_path
+    # the subset reads its base's sidecar (a slice of it) and writes none of its own
+    assert sub.from_cache and sub.sidecar_path == full.sidecar_path
+    assert sub.fingerprint == source_of(Subset(base, [9, 3, 3, 0])).fingerprint != full.fingerprint
+    assert len(list(full.sidecar_path.parent.iterdir())) == 1
 
 
 def test_image_folder_matches_imagehash_on_the_files(folder):

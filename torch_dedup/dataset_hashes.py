@@ -23,7 +23,7 @@ from typing import Any, Callable
 import numpy as np
 
 from ._checks import check_int
-from .errors import ImageDecodeError
+from .errors import DedupError, ImageDecodeError
 from .hashing.api import POOL_MIN_FILES, HashResult, hash_array, hash_bits, hash_images
 from .options import DedupOptions
 from .sidecar import Sidecar, hash_environment, library_versions, load_or_none, sidecar_file, sidecar_name, write_sidecar
@@ -35,6 +35,7 @@ __all__ = ["DatasetHashes", "HashLookup", "decode_mode", "hash_dataset", "hash_d
 logger = logging.getLogger(__name__)
 
 _BATCH = 4096
+_PROBES = 3  # items of an items source read twice to catch randomness (a random transform, a random image_fn)
 
 
 @dataclass(frozen=True, eq=False)
@@ -184,6 +185,27 @@ def _hash_one_by_one(images: list, items: np.ndarray, method: str, hash_size: in
     return HashResult(hashes=hashes, valid=valid, failures=tuple(failures), method=method, hash_size=int(hash_size))
 
 
+def _check_repeatable(source: ImageSource, images: list, items: list[int], method: str, hash_size: int) -> None:
+    """Read ``items`` a second time; an image that hashes differently means the reads are random.
+
+    Raises:
+        DedupError: an item's two reads differ (a random transform or ``image_fn``).
+    """
+    for img, i in zip(images, items):
+        try:
+            again = source.item(i)
+            pair = hash_images([img, again], method, hash_size, on_error="raise", progress=False)
+        except Exception:  # noqa: BLE001 - an unreadable item is reported by the hashing that follows
+            continue
+        first, second = np.asarray(pair.hashes)[0], np.asarray(pair.hashes)[1]
+        if not np.array_equal(first, second):
+            raise DedupError(
+                f"{source.description}: item {i} read twice gave two different images, so something in the "
+                f"dataset is random (a transform such as RandomCrop, or a random image_fn) and its hashes, and "
+                f"which items are kept, would change on every run. Pass image_fn=lambda i: <the stored image of "
+                f"item i>, or hash a copy of the dataset built without its random transforms.")
+
+
 def _hash_items(source: ImageSource, start: int, stop: int, method: str, hash_size: int, on_error: str,
                 workers: int, fast_decode: bool, progress: bool, batch_size: int
                 ) -> tuple[np.ndarray, np.ndarray, list]:
@@ -202,6 +224,8 @@ def _hash_items(source: ImageSource, start: int, stop: int, method: str, hash_si
                     if on_error == "raise":
                         raise ImageDecodeError(f"item {i}", f"{type(exc).__name__}: {exc}", i) from exc
                     failures.append((i, f"item {i}", f"{type(exc).__name__}: {exc}"))
+            if images and b0 == start:
+                _check_repeatable(source, images[:_PROBES], [start + w for w in where[:_PROBES]], method, hash_size)
             if images:
                 where = np.asarray(where, dtype=np.int64)
                 try:
@@ -336,16 +360,31 @@ def hash_dataset(ds, method: str = "phash", hash_size: int = 8, *, image_fn: Cal
     return hash_dataset_with(ds, options)
 
 
+def _base_is_worth_hashing(view: ImageSource, base: ImageSource) -> bool:
+    """Whether a view with no base sidecar yet should hash (and cache) its whole base.
+
+    In-memory arrays hash near a million images a second, so their base always is; for files
+    and items, when the view holds at least half the base (hashing the base costs at most
+    twice as much, and every later view of it is then a free slice).
+    """
+    return base.kind == "array" or 2 * view.n >= base.n
+
+
 @dataclass(frozen=True, eq=False)
 class HashLookup:
     """Where the hashes of a dataset with given options live, and whether a valid sidecar holds them.
 
+    For a view of a base dataset (a ``Subset``, ``random_split`` part, ``DedupDataset`` or a
+    ``ConcatDataset`` of them), ``source`` is the *base*: its sidecar is read or written, and
+    :meth:`from_sidecar`/:meth:`computed` slice out the view's items.
+
     Attributes:
-        source: how to read the dataset's raw images.
+        source: what is hashed and cached: the dataset's source, or its base's.
         decode: ``"exact"`` or ``"fast_decode"``.
         path: the sidecar's path, or ``None`` when not cached.
         meta: provenance the resulting :class:`DatasetHashes` carries.
         cached: the valid sidecar read, or ``None`` (missing, stale, corrupt, or refresh).
+        view: the requested dataset's source when ``source`` is its base, else ``None``.
     """
 
     source: ImageSource
@@ -353,41 +392,85 @@ class HashLookup:
     path: Path | None
     meta: dict
     cached: Sidecar | None
+    view: ImageSource | None = None
+
+    def _hashes_for(self, hashes, valid, failures):
+        """The requested dataset's rows, labels and fingerprint (a view's slice of its base's)."""
+        if self.view is None:
+            return np.asarray(hashes), np.asarray(valid), tuple(failures), self.source.labels, self.source.fingerprint
+        idx = self.view.base_indices
+        order = np.argsort(idx, kind="stable")
+        ordered = idx[order]
+        mine = []
+        for i, src, why in failures:  # a base item may appear at several positions of the view
+            lo, hi = np.searchsorted(ordered, i, "left"), np.searchsorted(ordered, i, "right")
+            mine.extend((int(pos), src, why) for pos in order[lo:hi].tolist())
+        mine.sort(key=lambda f: f[0])
+        return (np.asarray(hashes)[idx], np.asarray(valid)[idx], tuple(mine), self.view.labels,
+                self.view.fingerprint)
 
     def from_sidecar(self, hashes, valid, failures, created, on_error: str) -> DatasetHashes:
         """The :class:`DatasetHashes` of a sidecar's arrays; raises on recorded failures under ``"raise"``.
 
         Raises:
-            ImageDecodeError: the sidecar (of an ``on_error="skip"`` run) records failures.
+            ImageDecodeError: the sidecar (of an ``on_error="skip"`` run) records failures of
+                the requested items.
         """
+        hashes, valid, failures, labels, fingerprint = self._hashes_for(hashes, valid, failures)
         if failures and on_error == "raise":
             i, src, why = failures[0]
             raise ImageDecodeError(src, f"{why} (recorded in sidecar {self.path})", i)
-        return DatasetHashes(hashes, valid, tuple(failures), self.source.labels, self.source.fingerprint,
+        return DatasetHashes(hashes, valid, failures, labels, fingerprint,
                              {**self.meta, "sidecar": str(self.path), "created": created}, self.path, True)
 
-    def computed(self, result: HashResult, written: Path | None) -> DatasetHashes:
-        """The :class:`DatasetHashes` of freshly computed hashes (``written``: the sidecar stored, if any)."""
+    def computed(self, result: HashResult, written: Path | None, on_error: str = "skip") -> DatasetHashes:
+        """The :class:`DatasetHashes` of freshly computed hashes (``written``: the sidecar stored, if any).
+
+        Raises:
+            ImageDecodeError: with ``on_error="raise"``, a requested item failed to hash (a
+                view's base is hashed with failures recorded, so that only the view's own
+                items can fail it).
+        """
+        hashes, valid, failures, labels, fingerprint = self._hashes_for(result.hashes, result.valid,
+                                                                        result.failures)
+        if failures and on_error == "raise":
+            i, src, why = failures[0]
+            raise ImageDecodeError(src, why, i)
         meta = {**self.meta, "sidecar": None if written is None else str(written)}
-        return DatasetHashes(np.asarray(result.hashes), np.asarray(result.valid), tuple(result.failures),
-                             self.source.labels, self.source.fingerprint, meta, written, False)
+        return DatasetHashes(hashes, valid, failures, labels, fingerprint, meta, written, False)
 
 
 def look_up_hashes(ds, options: DedupOptions) -> HashLookup:
     """Find the sidecar of ``ds`` for ``options`` and read it when valid (no image is read).
+
+    A view of a base dataset (``Subset``, ``random_split``, ``DedupDataset``, a
+    ``ConcatDataset`` of parts of one dataset) uses its base's sidecar: read when valid, else
+    the base is hashed and cached when that is worth it (:func:`_base_is_worth_hashing`);
+    otherwise only the view's items are hashed and nothing is cached (an INFO line says how
+    to cache them).
 
     Raises:
         TypeError: ``ds`` cannot be read as images (see :func:`~torch_dedup.sources.source_of`).
     """
     source = source_of(ds, options.image_fn, fingerprint=options.fingerprint)
     decode = decode_mode(source, options.fast_decode)
+    meta = {"method": options.method, "hash_size": options.hash_size, "decode": decode,
+            "fingerprint": source.fingerprint, "source": source.description, "dataset": type(ds).__name__,
+            "n": source.n, "versions": library_versions()}
+    base = source.base
+    if base is not None and base.fingerprint is not None and options.cache_dir is not False:
+        path = sidecar_for(base, options.method, options.hash_size, decode=decode, cache_dir=options.cache_dir)
+        cached = None if options.refresh else load_cached(path, base, options.method, options.hash_size, decode)
+        if cached is not None or _base_is_worth_hashing(source, base):
+            return HashLookup(base, decode, path, {**meta, "base": base.description}, cached, view=source)
+        logger.info("%s holds %d of the %d items of %s, which has no sidecar yet: hashing only those items, "
+                    "uncached. Run hash_dataset on the whole dataset once to cache every subset of it.",
+                    source.description, source.n, base.n, base.description)
+        return HashLookup(source, decode, None, meta, None)
     path = sidecar_for(source, options.method, options.hash_size, decode=decode, cache_dir=options.cache_dir)
     if path is None and options.cache_dir is not False:
         logger.info("%s has no cheap content fingerprint; its hashes are not cached. Pass fingerprint='...' "
                     "(a string that changes when the data does) to cache them.", source.description)
-    meta = {"method": options.method, "hash_size": options.hash_size, "decode": decode,
-            "fingerprint": source.fingerprint, "source": source.description, "dataset": type(ds).__name__,
-            "n": source.n, "versions": library_versions()}
     cached = None if options.refresh else load_cached(path, source, options.method, options.hash_size, decode)
     return HashLookup(source, decode, path, meta, cached)
 
@@ -403,8 +486,10 @@ def hash_dataset_with(ds, options: DedupOptions) -> DatasetHashes:
         logger.debug("sidecar hit: %s", found.path)
         c = found.cached
         return found.from_sidecar(c.hashes, c.valid, c.failures, c.meta.get("created"), options.on_error)
+    # a view's base is hashed with failures recorded: only the view's own items may fail it
+    on_error = "skip" if found.view is not None else options.on_error
     res = hash_source_range(found.source, 0, found.source.n, options.method, options.hash_size,
-                            on_error=options.on_error, workers=options.workers, fast_decode=options.fast_decode,
+                            on_error=on_error, workers=options.workers, fast_decode=options.fast_decode,
                             progress=options.progress)
     written = store_cached(found.path, res, found.source, options.method, options.hash_size, found.decode)
-    return found.computed(res, written)
+    return found.computed(res, written, options.on_error)

@@ -3,7 +3,9 @@
 A sidecar is a :mod:`torch_dedup._store` file of kind ``"sidecar"``. Its meta states the
 sidecar format version, hash method and size, decode mode (``"exact"`` or
 ``"fast_decode"``), the source fingerprint, the item count, the versions of torch_dedup,
-imagehash, Pillow and numpy, and when it was written. Its arrays hold the packed hashes,
+imagehash, Pillow and numpy, the hash environment (:func:`hash_environment`: torch_dedup's
+hashing version, the exact imagehash and Pillow versions, Pillow's decoder libraries), and
+when it was written. Its arrays hold the packed hashes,
 the per-item ``valid`` mask and the failures (index, source, reason) as flat arrays, so a
 million-item sidecar loads in milliseconds and never through pickle.
 
@@ -12,7 +14,7 @@ data or settings is *stale* and raises :class:`~torch_dedup.errors.SidecarError`
 like a corrupt one. :func:`load_or_none` turns either into a WARNING and ``None``, so the
 caller recomputes and rewrites: a stale or damaged cache is never used.
 
-Layer 2: numpy and the stdlib only.
+Layer 2: numpy and the stdlib (and Pillow, read lazily for its decoder versions).
 """
 
 from __future__ import annotations
@@ -35,6 +37,7 @@ from .errors import SidecarError
 
 __all__ = [
     "DECODE_MODES",
+    "HASHING_VERSION",
     "SIDECAR_SUFFIX",
     "SIDECAR_VERSION",
     "Sidecar",
@@ -54,6 +57,12 @@ logger = logging.getLogger(__name__)
 
 #: Version of the sidecar's meaning (bump when a hash of the same settings could change).
 SIDECAR_VERSION = 1
+#: Version of torch_dedup's own hashing (decode, resize, transforms, bit packing). Part of
+#: :func:`hash_environment`: bump it with any change that could move a hash bit, so every
+#: sidecar made before is recomputed (tests pin known hash values to catch a forgotten bump).
+HASHING_VERSION = 1
+#: Pillow's image codecs whose decoded pixels could differ between library versions.
+_DECODERS = (("jpg", "libjpeg"), ("jpg_2000", "openjpeg"), ("webp", "libwebp"), ("libtiff", "libtiff"))
 SIDECAR_SUFFIX = ".tdhash"
 DECODE_MODES = ("exact", "fast_decode")
 _KIND = "sidecar"
@@ -98,18 +107,46 @@ def library_versions() -> dict[str, str]:
             (("torch_dedup", "torch_dedup"), ("imagehash", "ImageHash"), ("Pillow", "Pillow"), ("numpy", "numpy"))}
 
 
-def hash_environment() -> str:
-    """The library versions whose changes could move hash bits, as one string a sidecar is keyed on.
+def _feature_version(features, name: str) -> str | None:
+    try:
+        return features.version(name)
+    except (ValueError, AttributeError):  # a Pillow that does not know this feature
+        return None
 
-    A sidecar (of a dataset or of a shard) made under another environment is stale.
+
+def _decoder_versions() -> str:
+    """``libjpeg-<v>/...`` for the codecs this Pillow build reports a version of."""
+    try:
+        from PIL import features
+    except ImportError:  # pragma: no cover - Pillow is a dependency
+        return "decoders-unknown"
+    out = []
+    for feature, name in _DECODERS:
+        version = _feature_version(features, feature)
+        if version and feature == "jpg":
+            turbo = _feature_version(features, "libjpeg_turbo")
+            # libjpeg-turbo reports the libjpeg API it emulates (6.2, 8.0): its own release says more
+            version = f"{version}/libjpeg-turbo-{turbo}" if turbo else version
+        if version:
+            out.append(f"{name}-{version}")
+    return "/".join(out) or "decoders-none"
+
+
+def hash_environment() -> str:
+    """Everything besides the settings whose change could move a hash bit, as one string a sidecar is keyed on.
+
+    torch_dedup's :data:`HASHING_VERSION`, the exact imagehash and Pillow versions, and the
+    versions of the image decoders Pillow links (libjpeg or libjpeg-turbo, openjpeg,
+    libwebp, libtiff, as far as this build reports them). A sidecar (of a dataset or of a
+    shard) made under another environment is stale and recomputed.
 
     Example:
-        >>> hash_environment().startswith("imagehash-")
+        >>> hash_environment().startswith("torch_dedup-hashing-")
         True
     """
     v = library_versions()
-    imagehash = ".".join(v["imagehash"].split(".")[:2])
-    return f"imagehash-{imagehash}/Pillow-{v['Pillow'].split('.')[0]}"
+    return (f"torch_dedup-hashing-{HASHING_VERSION}/imagehash-{v['imagehash']}/Pillow-{v['Pillow']}/"
+            f"{_decoder_versions()}")
 
 
 def sidecar_name(fingerprint: str, method: str, hash_size: int, decode: str) -> str:

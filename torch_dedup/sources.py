@@ -14,33 +14,46 @@ every hash random. :func:`source_of` finds the cheapest honest way to read item 
   path), else ``ds[i][0]`` (``ds[i]`` when it is not a tuple), with a WARNING when the
   dataset has a ``transform`` set.
 
-``torch.utils.data.Subset`` (nested too) maps through ``.indices`` onto any of these.
+Wrappers are looked through, at any depth, so their transforms never reach the hashes:
+``torch.utils.data.Subset`` (and so ``random_split``), torch_dedup's ``DedupDataset`` and any
+dataset with a ``.dataset`` and ``.indices`` of its length (the ``Subset`` protocol) map
+through their indices; a ``ConcatDataset`` joins its parts' sources. The result is a *view*
+(``base`` + indices) of the one dataset underneath when there is one, so subsets share
+their base's hashes.
 
 Fingerprints identify content cheaply so a cached sidecar is only reused for the same data:
 arrays → shape, dtype and a BLAKE2b digest of the bytes; files → a digest of every file's
-(relative path, size, mtime_ns); subsets add a digest of their indices. An **items** source
-cannot be fingerprinted cheaply, so it has *no* fingerprint (no caching) unless the caller
-passes ``fingerprint=`` — a string that must change whenever the data does.
+(relative path, size, mtime_ns), or with ``fingerprint="content"`` of every file's
+(relative path, size, BLAKE2b of its bytes); views add a digest of their indices into the
+base. An **items** source cannot be fingerprinted cheaply, so it has *no* fingerprint (no
+caching) unless the caller passes ``fingerprint=`` — a string that must change whenever the
+data does.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import logging
 import os
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Sequence
 
 import numpy as np
 
-__all__ = ["ImageSource", "labels_of", "source_of"]
+__all__ = ["CONTENT_FINGERPRINT", "ImageSource", "labels_of", "source_of"]
 
 logger = logging.getLogger(__name__)
 
 _MNIST_FAMILY = {"MNIST", "FashionMNIST", "KMNIST", "EMNIST", "QMNIST"}
 _FILE_LOADERS = {"default_loader", "pil_loader", "accimage_loader"}
 _CHUNK = 8192  # items per digest update: bounded memory for non-contiguous arrays
+_READ = 1 << 20  # bytes per read when digesting file contents
+_FILES_PER_TASK = 256  # files per thread task when digesting file contents
+#: ``fingerprint=`` value that checks every file's bytes instead of its size and mtime.
+CONTENT_FINGERPRINT = "content"
 
 
 @dataclass(frozen=True, eq=False)
@@ -73,27 +86,58 @@ class ImageSource:
     _paths: Sequence[str] | None = field(default=None, repr=False)
     _get: Callable[[int], Any] | None = field(default=None, repr=False)
     class_folders: bool = False
+    # A view: item i is item _indices[i] of _base (whose storage fields this source shares).
+    _base: ImageSource | None = field(default=None, repr=False)
+    # An array concatenation: the parts' rows in turn (_offsets: each part's first row, then n).
+    _parts: tuple = field(default=(), repr=False)
+    _offsets: np.ndarray | None = field(default=None, repr=False)
 
     def __len__(self) -> int:
         return self.n
 
+    @property
+    def base(self) -> ImageSource | None:
+        """The whole dataset this source is a view of (``None``: it is a whole dataset itself)."""
+        return self._base
+
+    @property
+    def base_indices(self) -> np.ndarray | None:
+        """``int64`` positions of this view's items in :attr:`base` (``None`` when not a view)."""
+        return None if self._base is None else self._indices
+
     def _check_range(self, start: int, stop: int) -> None:
         if not 0 <= start <= stop <= self.n:
             raise ValueError(f"range [{start}, {stop}) must satisfy 0 <= start <= stop <= n={self.n}")
+
+    def _stored_rows(self, rows: np.ndarray) -> np.ndarray:
+        """Rows of the stored array(s) (positions before ``_indices``), channels last, 1 channel dropped."""
+        if self._parts:
+            part = np.searchsorted(self._offsets, rows, side="right") - 1
+            first = self._parts[0]._stored_rows(np.zeros(0, np.int64))
+            out = np.empty((rows.size, *first.shape[1:]), dtype=np.uint8)
+            for k in np.unique(part).tolist():
+                sel = part == k
+                sub = self._parts[k]
+                local = rows[sel] - self._offsets[k]
+                out[sel] = sub._stored_rows(local if sub._indices is None else sub._indices[local])
+            return out
+        batch = self._array[rows]
+        if self._chw:
+            batch = batch.transpose(0, 2, 3, 1)
+        if batch.ndim == 4 and batch.shape[3] == 1:
+            batch = batch[..., 0]
+        return batch
 
     def array_batch(self, start: int, stop: int) -> np.ndarray:
         """Items ``start..stop-1`` of an **array** source as contiguous uint8 ``(m, H, W)`` or ``(m, H, W, 3)``."""
         if self.kind != "array":
             raise TypeError(f"array_batch needs an array source, this one is {self.kind!r}")
         self._check_range(start, stop)
-        if self._indices is None:
-            batch = self._array[start:stop]
+        if self._indices is None and not self._parts:
+            batch = self._stored_rows(slice(start, stop))
         else:
-            batch = self._array[self._indices[start:stop]]
-        if self._chw:
-            batch = batch.transpose(0, 2, 3, 1)
-        if batch.ndim == 4 and batch.shape[3] == 1:
-            batch = batch[..., 0]
+            rows = np.arange(start, stop) if self._indices is None else self._indices[start:stop]
+            batch = self._stored_rows(rows)
         return np.ascontiguousarray(batch)
 
     def paths(self, start: int = 0, stop: int | None = None) -> list[str]:
@@ -116,6 +160,16 @@ class ImageSource:
             return self.paths(i, i + 1)[0]
         j = i if self._indices is None else int(self._indices[i])
         return self._get(j)
+
+    def view(self, positions: np.ndarray, fingerprint: str | None, description: str) -> ImageSource:
+        """The items ``positions`` (``int64``, each in ``[0, n)``) of this source, as a view of its base."""
+        base = self if self._base is None else self._base
+        absolute = positions if self._indices is None else self._indices[positions]
+        labels = None if self.labels is None else self.labels[positions]
+        return ImageSource(self.kind, int(positions.size), fingerprint, labels, base.root, description,
+                           _array=base._array, _chw=base._chw, _indices=absolute, _paths=base._paths,
+                           _get=base._get, class_folders=base.class_folders, _base=base, _parts=base._parts,
+                           _offsets=base._offsets)
 
 
 def _blake(*parts: bytes | str) -> str:
@@ -147,6 +201,33 @@ def _files_digest(paths: Sequence[str], root: Path | None) -> str:
             h.update(f"{rel}\0{st.st_size}\0{st.st_mtime_ns}\n".encode("utf-8", "surrogateescape"))
         except OSError:
             h.update(f"{rel}\0missing\n".encode("utf-8", "surrogateescape"))
+    return h.hexdigest()
+
+
+def _file_bytes_digest(path: str) -> str:
+    h = hashlib.blake2b(digest_size=16)
+    try:
+        with open(path, "rb") as f:
+            while chunk := f.read(_READ):
+                h.update(chunk)
+    except OSError as exc:
+        return f"unreadable {type(exc).__name__}"
+    return h.hexdigest()
+
+
+def _files_content_digest(paths: Sequence[str], root: Path | None) -> str:
+    """A digest of every file's (relative path, size, BLAKE2b of its bytes): catches any rewrite."""
+    paths = [os.fspath(p) for p in paths]
+    blocks = [paths[i:i + _FILES_PER_TASK] for i in range(0, len(paths), _FILES_PER_TASK)]
+    # Reads wait on the disk (or the network) and hashlib releases the GIL on large updates:
+    # threads overlap both. Blocks of files per task, as one future per small file costs more
+    # than reading it (50,000 CIFAR JPEGs: 0.5 s in blocks, 2-4 s one future per file).
+    with ThreadPoolExecutor(max_workers=min(8, len(blocks) or 1)) as pool:
+        digests = [d for block in pool.map(lambda b: [_file_bytes_digest(q) for q in b], blocks) for d in block]
+    h = hashlib.blake2b(digest_size=16)
+    for p, d in zip(paths, digests):
+        rel = os.path.relpath(p, root) if root is not None else p
+        h.update(f"{rel}\0{d}\n".encode("utf-8", "surrogateescape"))
     return h.hexdigest()
 
 
@@ -207,24 +288,67 @@ def _labels_of(ds, names: set[str]) -> np.ndarray | None:
     return None
 
 
+def _subset_of(ds) -> tuple[Any, np.ndarray] | None:
+    """``(inner dataset, int64 indices)`` of a dataset that follows the ``Subset`` protocol, else ``None``.
+
+    ``torch.utils.data.Subset`` (``random_split`` returns those), torch_dedup's ``DedupDataset``
+    and any dataset whose ``.dataset`` is a dataset and whose ``.indices`` are ``len(ds)`` ints.
+    """
+    inner, indices = getattr(ds, "dataset", None), getattr(ds, "indices", None)
+    if inner is None or indices is None or callable(indices) or not hasattr(inner, "__getitem__"):
+        return None
+    try:
+        pos = np.asarray(indices.cpu() if hasattr(indices, "cpu") else indices).reshape(-1)
+    except (TypeError, ValueError):
+        return None
+    if pos.dtype.kind not in "iu" and not (pos.size == 0 and pos.dtype.kind == "f"):
+        return None
+    if pos.size != len(ds):
+        return None
+    return inner, pos.astype(np.int64)
+
+
+def _concat_of(ds) -> list | None:
+    """The parts of a ``torch.utils.data.ConcatDataset``, else ``None``."""
+    try:
+        from torch.utils.data import ConcatDataset
+    except ImportError:  # pragma: no cover - torch is a dependency
+        return None
+    return list(ds.datasets) if isinstance(ds, ConcatDataset) else None
+
+
+def _positions(pos: np.ndarray, n: int, cls: str) -> np.ndarray:
+    """``pos`` with negative indices resolved (as Python indexing does); out of range is an error."""
+    if pos.size and (pos.min() < -n or pos.max() >= n):
+        raise IndexError(f"{cls}.indices span {pos.min()}..{pos.max()}, outside its {n}-item dataset; "
+                         f"indices must lie in [-{n}, {n - 1}]")
+    return np.where(pos < 0, pos + n, pos)
+
+
 def labels_of(ds) -> np.ndarray | None:
     """Class labels of a dataset as ``int64`` ``(len(ds),)``, or ``None`` when it has none.
 
     Read from ``targets``, ``labels`` (SVHN) or the class index of ``samples``
-    (``DatasetFolder``); a ``Subset`` maps through its indices. Never loads an image.
+    (``DatasetFolder``); a ``Subset``/``DedupDataset`` maps through its indices and a
+    ``ConcatDataset`` joins its parts' labels (``None`` if a part has none), at any depth.
+    Never loads an image.
 
     Example:
         >>> import torch
         >>> labels_of(torch.utils.data.TensorDataset(torch.zeros(3))) is None
         True
     """
-    try:
-        from torch.utils.data import Subset
-    except ImportError:  # pragma: no cover
-        Subset = ()
-    if isinstance(ds, Subset):
-        base = labels_of(ds.dataset)
-        return None if base is None else base[np.asarray(ds.indices, dtype=np.int64).reshape(-1)]
+    sub = _subset_of(ds)
+    if sub is not None:
+        inner, pos = sub
+        base = labels_of(inner)
+        return None if base is None else base[_positions(pos, len(base), type(ds).__name__)]
+    parts = _concat_of(ds)
+    if parts is not None:
+        labels = [labels_of(p) for p in parts]
+        if any(lab is None for lab in labels):
+            return None
+        return np.concatenate(labels) if labels else np.zeros(0, np.int64)
     return _labels_of(ds, _tv_names(ds))
 
 
@@ -273,6 +397,23 @@ def _has_transform(ds) -> bool:
     return getattr(ds, "transform", None) is not None or getattr(ds, "transforms", None) is not None
 
 
+def _transform_owners(ds) -> list[str]:
+    """Where ``ds[i]`` may run a transform: ``ds`` itself, or a dataset it holds as an attribute."""
+    cls = type(ds).__name__
+    owners = [cls] if _has_transform(ds) else []
+    for name, value in sorted(getattr(ds, "__dict__", {}).items()):
+        if value is not ds and hasattr(value, "__getitem__") and hasattr(value, "__len__") and _has_transform(value):
+            owners.append(f"{cls}.{name} ({type(value).__name__})")
+    return owners
+
+
+def _no_content_check(cls: str, how: str) -> ValueError:
+    return ValueError(f"fingerprint={CONTENT_FINGERPRINT!r} checks the bytes of a dataset's image files, but {cls} "
+                      f"is read through {how} and has no files to check. Pass fingerprint='<a string that changes "
+                      f"whenever the data does>' (a version tag, a manifest hash) to cache its hashes, or no "
+                      f"fingerprint (they are then recomputed every time).")
+
+
 def _source(ds, image_fn, user_fp: str | None) -> ImageSource:
     n = len(ds)
     names = _tv_names(ds)
@@ -280,21 +421,24 @@ def _source(ds, image_fn, user_fp: str | None) -> ImageSource:
     root = _root_of(ds)
     labels = labels_of(ds)
     samples = getattr(ds, "samples", None)
+    content = user_fp == CONTENT_FINGERPRINT
     # an ImageFolder-style root (its sub-folders are the classes), whichever way the images are read
     folders = _is_samples(samples, n) or "DatasetFolder" in names
     if image_fn is not None:
+        if content:
+            raise _no_content_check(cls, "image_fn")
         fp = f"user:{cls}:{n}:{root}:{user_fp}" if user_fp is not None else None
         return ImageSource("items", n, fp, labels, root, f"{cls} via image_fn", _get=image_fn,
                            class_folders=folders)
     found = _image_array(ds, names)
     if found is not None:
         data, chw = found
-        fp = f"array:{_array_digest(data)}"
+        fp = f"array:{_array_digest(data)}"  # already a digest of the content: "content" changes nothing
         return ImageSource("array", n, fp, labels, root, f"{cls}.data {tuple(data.shape)}", _array=data, _chw=chw,
                            class_folders=folders)
     if _is_samples(samples, n):
         paths = [os.fspath(s[0]) for s in samples]
-        fp = f"files:{_files_digest(paths, root)}"
+        fp = f"files-content:{_files_content_digest(paths, root)}" if content else f"files:{_files_digest(paths, root)}"
         loader = getattr(ds, "loader", None)
         if loader is None or (getattr(loader, "__module__", "") == "torchvision.datasets.folder"
                               and getattr(loader, "__name__", "") in _FILE_LOADERS):
@@ -303,32 +447,115 @@ def _source(ds, image_fn, user_fp: str | None) -> ImageSource:
         # A custom loader decides what the file holds; call it on the path (still no transform).
         return ImageSource("items", n, fp, labels, root, f"{cls}.samples via {cls}.loader",
                            _get=lambda j, _p=paths, _l=loader: _l(_p[j]), class_folders=True)
-    if _has_transform(ds):
-        logger.warning("%s has a transform set and no raw-image fast path: hashing ds[i][0] runs it, and random "
-                       "augmentations make hashes meaningless. Pass image_fn=lambda i: <raw image of item i>.", cls)
+    if content:
+        raise _no_content_check(cls, "ds[i] (it has no .data array or .samples files)")
+    owners = _transform_owners(ds)
+    if owners:
+        logger.warning("%s has no raw-image fast path, so hashing reads ds[i][0], which runs the transform of %s: "
+                       "random augmentations make hashes meaningless and normalised tensors are refused. Pass "
+                       "image_fn=lambda i: <raw image of item i>, or hash a copy of the dataset built without "
+                       "its transform.", cls, ", ".join(owners))
     fp = f"user:{cls}:{n}:{root}:{user_fp}" if user_fp is not None else None
     return ImageSource("items", n, fp, labels, root, f"{cls}[i] (getitem)",
                        _get=lambda j, _ds=ds: _first_image(_ds[j]), class_folders=folders)
 
 
+def _leaf(ds, fingerprint: str | None) -> ImageSource:
+    src = _source(ds, None, fingerprint)
+    if fingerprint not in (None, CONTENT_FINGERPRINT) and src.fingerprint is not None \
+            and not src.fingerprint.startswith("user:"):
+        src = dataclasses.replace(src, fingerprint=f"{src.fingerprint}|user:{fingerprint}")
+    return src
+
+
+def _view_fingerprint(base: ImageSource, absolute: np.ndarray) -> str | None:
+    return None if base.fingerprint is None else f"{base.fingerprint}|subset:{_blake(absolute.tobytes())}"
+
+
+def _concat(parts: list[ImageSource], cls: str) -> ImageSource:
+    """One source for a ``ConcatDataset``: a view when every part is (a view of) the same dataset."""
+    n = sum(p.n for p in parts)
+    bases = [p if p.base is None else p.base for p in parts]
+    if parts and all(b is bases[0] for b in bases):
+        base = bases[0]
+        absolute = np.concatenate([np.arange(p.n, dtype=np.int64) if p.base is None else p.base_indices
+                                   for p in parts]).astype(np.int64)
+        return base.view(absolute, _view_fingerprint(base, absolute), f"{cls} of {base.description}")
+    prints = [p.fingerprint for p in parts]
+    fp = None if any(f is None for f in prints) else f"concat:{_blake(*prints)}"
+    labels = None if any(p.labels is None for p in parts) else np.concatenate([p.labels for p in parts])
+    roots = {p.root for p in parts}
+    root = roots.pop() if len(roots) == 1 else None
+    folders = root is not None and any(p.class_folders for p in parts)
+    offsets = np.cumsum([0] + [p.n for p in parts]).astype(np.int64)
+    desc = f"{cls} of {len(parts)} datasets ({', '.join(p.description for p in parts[:3])}{', ...' if len(parts) > 3 else ''})"
+    kinds = {p.kind for p in parts}
+    if kinds == {"array"} and len({p.array_batch(0, 0).shape[1:] for p in parts}) == 1:
+        return ImageSource("array", n, fp, labels, root, desc, class_folders=folders, _parts=tuple(parts),
+                           _offsets=offsets)
+    if kinds == {"files"}:
+        return ImageSource("files", n, fp, labels, root, desc, _paths=[q for p in parts for q in p.paths()],
+                           class_folders=folders)
+
+    def get(j: int, _parts=tuple(parts), _offsets=offsets):
+        k = int(np.searchsorted(_offsets, j, side="right")) - 1
+        return _parts[k].item(j - int(_offsets[k]))
+
+    return ImageSource("items", n, fp, labels, root, desc, _get=get, class_folders=folders)
+
+
+def _tree(ds, fingerprint: str | None, memo: dict) -> ImageSource:
+    """The source of ``ds``, looking through ``Subset``-protocol wrappers and ``ConcatDataset`` at any depth."""
+    _check_map_style(ds)
+    if id(ds) in memo:  # the same dataset twice (e.g. two subsets of it): one source, so they share a base
+        return memo[id(ds)][1]
+    cls = type(ds).__name__
+    sub = _subset_of(ds)
+    parts = None if sub is not None else _concat_of(ds)
+    if sub is not None:
+        inner, pos = sub
+        inner_src = _tree(inner, fingerprint, memo)
+        pos = _positions(pos, inner_src.n, cls)
+        base = inner_src if inner_src.base is None else inner_src.base
+        absolute = pos if inner_src.base is None else inner_src.base_indices[pos]
+        src = inner_src.view(pos, _view_fingerprint(base, absolute), f"{cls} of {base.description}")
+    elif parts is not None:
+        src = _concat([_tree(p, fingerprint, memo) for p in parts], cls)
+    else:
+        src = _leaf(ds, fingerprint)
+    memo[id(ds)] = (ds, src)  # holds ds so its id is not reused while memo lives
+    return src
+
+
 def source_of(ds, image_fn: Callable[[int], Any] | None = None, *, fingerprint: str | None = None) -> ImageSource:
     """Describe how to read the raw images, labels and fingerprint of a map-style dataset.
 
+    ``Subset`` (``random_split``), ``DedupDataset`` and ``ConcatDataset`` are looked through
+    at any depth, so the transforms of every dataset in the chain are bypassed: the images
+    come from the datasets underneath (see the module doc). Where no raw-image path exists
+    (``ds[i][0]`` is read), a transform on the dataset or on a dataset it holds is reported
+    with a WARNING that names the fix.
+
     Args:
         ds: a map-style dataset (``__getitem__`` + ``__len__``), e.g. a torchvision dataset,
-            an ``ImageFolder``, a ``Subset`` of one.
+            an ``ImageFolder``, a ``Subset``/``ConcatDataset`` of them.
         image_fn: ``image_fn(i) -> image`` returning the *raw* image of item ``i`` of ``ds``
             (a PIL image, a uint8 array ``(H, W[, C])``, a tensor, or a file path). Takes
             precedence over every fast path.
         fingerprint: a string that identifies the data for caching. Mixed into the automatic
             fingerprint of array/files sources; required for caching ``image_fn`` and
-            ``ds[i]`` sources (without it they are never cached).
+            ``ds[i]`` sources (without it they are never cached). The value ``"content"``
+            instead makes file datasets fingerprinted by their files' bytes (BLAKE2b of every
+            file: a rewrite that keeps size and mtime is caught; costs one read of the data).
 
     Returns:
         An :class:`ImageSource`.
 
     Raises:
-        TypeError: ``ds`` is an ``IterableDataset`` or has no length (use :mod:`torch_dedup.wds`).
+        TypeError: ``ds`` (or a dataset inside it) is an ``IterableDataset`` or has no length
+            (use :mod:`torch_dedup.wds`).
+        IndexError: a ``Subset``'s indices fall outside its dataset.
+        ValueError: ``fingerprint="content"`` for data that is not read from files.
 
     Example:
         >>> import numpy as np, torch
@@ -339,28 +566,30 @@ def source_of(ds, image_fn: Callable[[int], Any] | None = None, *, fingerprint: 
         >>> src = source_of(Toy())
         >>> src.kind, src.n, src.array_batch(0, 2).shape
         ('array', 4, (2, 8, 8))
+        >>> sub = source_of(torch.utils.data.Subset(Toy(), [3, 1]))
+        >>> sub.base.n, sub.base_indices.tolist()
+        (4, [3, 1])
     """
     _check_map_style(ds)
-    try:
-        from torch.utils.data import Subset
-    except ImportError:  # pragma: no cover
-        Subset = ()
-    if image_fn is None and isinstance(ds, Subset):
-        base = source_of(ds.dataset, fingerprint=fingerprint)
-        pos = np.asarray(ds.indices, dtype=np.int64).reshape(-1)
-        if pos.size and (pos.min() < -base.n or pos.max() >= base.n):
-            raise IndexError(f"Subset indices span {pos.min()}..{pos.max()}, outside the {base.n}-item dataset")
-        pos = np.where(pos < 0, pos + base.n, pos)
-        absolute = pos if base._indices is None else base._indices[pos]
-        fp = None if base.fingerprint is None else f"{base.fingerprint}|subset:{_blake(pos.tobytes())}"
-        labels = None if base.labels is None else base.labels[pos]
-        return ImageSource(base.kind, int(pos.size), fp, labels, base.root, f"Subset of {base.description}",
-                           _array=base._array, _chw=base._chw, _indices=absolute, _paths=base._paths,
-                           _get=base._get, class_folders=base.class_folders)
+    if image_fn is None and (hf := _hf_source(ds, fingerprint)) is not None:
+        return hf
+    if image_fn is None:
+        return _tree(ds, fingerprint, {})
     src = _source(ds, image_fn, fingerprint)
     if fingerprint is not None and src.fingerprint is not None and not src.fingerprint.startswith("user:"):
-        src = ImageSource(src.kind, src.n, f"{src.fingerprint}|user:{fingerprint}", src.labels, src.root,
-                          src.description, src._array, src._chw, src._indices, src._paths, src._get,
-                          src.class_folders)
+        src = dataclasses.replace(src, fingerprint=f"{src.fingerprint}|user:{fingerprint}")
     return src
 
+
+def _hf_source(ds, fingerprint: str | None) -> ImageSource | None:
+    """A Hugging Face ``datasets.Dataset`` read from its stored image column (never its transform or
+    format), labelled from its ``ClassLabel`` column, fingerprinted by its own ``_fingerprint``; ``None``
+    for any other dataset. See :mod:`torch_dedup.hf_datasets`."""
+    from .hf_datasets import hf_image_column
+    col = hf_image_column(ds)
+    if col is None:
+        return None
+    fp = col.fingerprint
+    if fp is not None and fingerprint not in (None, CONTENT_FINGERPRINT):
+        fp = f"{fp}|user:{fingerprint}"
+    return ImageSource("items", len(ds), fp, col.labels, None, col.description, _get=col.get)

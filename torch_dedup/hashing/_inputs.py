@@ -7,8 +7,10 @@ stacked ``uint8`` ndarray ``(N, H, W[, C])`` or stacked tensor ``(N, C, H, W)``.
 Channels follow ``PIL.Image.fromarray``/torchvision's ``to_pil_image``: 1 -> ``L``,
 2 -> ``LA``, 3 -> ``RGB``, 4 -> ``RGBA``; grayscale is then Pillow's ``convert('L')``.
 Float tensors are converted exactly as ``to_pil_image`` does: ``pic.mul(255).byte()``
-(truncation toward zero, so 0.999 -> 254). torch is imported only when a tensor is
-passed (this module never imports it).
+(truncation toward zero, so 0.999 -> 254), and only when every value lies in [0, 1]
+(within ``FLOAT_SLACK``, which that conversion still maps to 0 and 255): a normalised
+tensor (``transforms.Normalize``) or NaN is refused, since its bytes would wrap around and
+hash as noise. torch is imported only when a tensor is passed (this module never imports it).
 """
 
 from __future__ import annotations
@@ -17,9 +19,11 @@ import numpy as np
 
 from torch_dedup.hashing._resample import rgb_to_l
 
-__all__ = ["is_torch_tensor", "stack_to_gray", "tensor_to_numpy", "to_channels_last", "validate_stack"]
+__all__ = ["FLOAT_SLACK", "is_torch_tensor", "stack_to_gray", "tensor_to_numpy", "to_channels_last", "validate_stack"]
 
 _CHANNELS = (1, 2, 3, 4)
+#: Float values this far outside [0, 1] (rounding of an un-normalisation) still convert to 0 or 255.
+FLOAT_SLACK = 1e-5
 
 
 def is_torch_tensor(x: object) -> bool:
@@ -43,8 +47,10 @@ def tensor_to_numpy(t, what: str, stacked: bool) -> np.ndarray:
     if (stacked and ndim != 4) or (not stacked and ndim not in (2, 3)):
         shape = "(N, C, H, W)" if stacked else "(C, H, W) or (H, W)"
         raise ValueError(f"{what} is a tensor of shape {tuple(t.shape)}; expected {shape} (ndim {want})")
+    _check_channels_first(t, what, stacked)
     t = t.detach().cpu()
     if t.is_floating_point():
+        _check_unit_range(t, what)
         # torchvision.transforms.functional.to_pil_image: pic.mul(255).byte()
         t = t.mul(255).byte()
     elif str(t.dtype) != "torch.uint8":
@@ -61,6 +67,40 @@ def tensor_to_numpy(t, what: str, stacked: bool) -> np.ndarray:
     if c not in _CHANNELS:
         raise ValueError(f"{what} has {c} channels (shape {tuple(t.shape)}); expected 1, 2, 3 or 4 channels")
     return np.ascontiguousarray(arr)
+
+
+def _check_channels_first(t, what: str, stacked: bool) -> None:
+    """Refuse a channels-last tensor with the permute that fixes it (tensors are read as torchvision's CHW)."""
+    shape = tuple(t.shape)
+    if len(shape) != (4 if stacked else 3):
+        return
+    c_first, c_last = shape[-3], shape[-1]
+    if c_first in _CHANNELS or c_last not in _CHANNELS:
+        return
+    order, layout = ("(0, 3, 1, 2)", "(N, H, W, C)") if stacked else ("(2, 0, 1)", "(H, W, C)")
+    raise ValueError(
+        f"{what} is a tensor of shape {shape}: that looks channels-last {layout} with {c_last} channel(s), but "
+        f"tensors are read channels-first as torchvision does, {'(N, C, H, W)' if stacked else '(C, H, W)'}, "
+        f"which would make {c_first} channels. Pass t.permute{order}, or t.numpy() (numpy arrays are read "
+        f"channels-last)."
+    )
+
+
+def _check_unit_range(t, what: str) -> None:
+    """Refuse float values outside [0, 1]: ``mul(255).byte()`` would wrap them into unrelated bytes."""
+    if t.numel() == 0:
+        return
+    lo, hi = float(t.min()), float(t.max())
+    if lo >= -FLOAT_SLACK and hi <= 1 + FLOAT_SLACK:  # NaN fails both comparisons
+        return
+    seen = "NaN values" if lo != lo or hi != hi else f"values in [{lo:.3g}, {hi:.3g}]"
+    raise ValueError(
+        f"{what} is a float tensor with {seen}, outside [0, 1]: it looks normalised (transforms.Normalize) "
+        f"or scaled, and hashing it would give hashes unrelated to the image. Hash the raw images instead: "
+        f"pass image_fn=lambda i: <the un-normalised image of item i> (e.g. from the base dataset without "
+        f"its transform), pass the base dataset itself, or undo the normalisation (t * std + mean, clamped "
+        f"to [0, 1])."
+    )
 
 
 def validate_stack(arr: np.ndarray, what: str = "images") -> np.ndarray:
