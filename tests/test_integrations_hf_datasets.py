@@ -126,3 +126,21 @@ def test_sampler_over_hf_dataset_in_a_loader(folder):
     sampler = DedupSampler(loader_ds, plan=plan, seed=1)
     seen = sorted(sampler)
     assert seen == plan.kept_indices.tolist()
+
+
+def test_hf_dataset_inside_a_subset_uses_the_stored_column_and_its_labels():
+    """The fast path is found through torch wrappers too, and plan_dataset reads ClassLabel labels."""
+    import torch
+
+    from torch_dedup import plan_dataset
+    from torch_dedup.sources import labels_of, source_of
+    x, y = load_sample(60)
+    features = datasets.Features({"image": datasets.Image(), "label": datasets.ClassLabel(num_classes=10)})
+    ds = datasets.Dataset.from_dict({"image": [Image.fromarray(a) for a in x], "label": y.tolist()},
+                                    features=features)
+    ds.set_transform(lambda batch: {"image": [0 for _ in batch["image"]], "label": batch["label"]})
+    sub = torch.utils.data.Subset(ds, list(range(10, 40)))
+    assert source_of(sub).base.description == "datasets.Dataset['image'] (stored bytes)"  # not ds[i]
+    np.testing.assert_array_equal(labels_of(sub), y[10:40])
+    plan = plan_dataset(ds, 4, per_class=True, cache_dir=False, progress=False)
+    np.testing.assert_array_equal(plan.labels, y)

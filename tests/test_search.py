@@ -355,3 +355,17 @@ def test_block_tables_shape_and_order():
 def test_block_table_validation(call, match):
     with pytest.raises(ValueError, match=match):
         call()
+
+
+def test_search_threads_default_to_this_ranks_share_of_the_cores(monkeypatch):
+    """Under torchrun every rank runs the same search: each takes cores / local ranks."""
+    import os
+
+    from torch_dedup.hamming.search import default_workers
+    cores = len(os.sched_getaffinity(0))
+    monkeypatch.delenv("LOCAL_WORLD_SIZE", raising=False)
+    assert default_workers() == cores
+    monkeypatch.setenv("LOCAL_WORLD_SIZE", "2")
+    assert default_workers() == max(1, cores // 2)
+    monkeypatch.setenv("LOCAL_WORLD_SIZE", str(4 * cores))
+    assert default_workers() == 1

@@ -188,14 +188,16 @@ def hash_dataset_distributed_with(ds, options: DedupOptions, group=None) -> Data
         found = look_up_hashes(ds, options)
     except Exception as exc:  # noqa: BLE001 - re-raised below on every rank, never swallowed
         error = exc
-    info = None if found is None else (found.source.n, found.source.fingerprint, found.cached is not None)
+    info = None if found is None else (found.source.n, found.source.fingerprint,
+                                       None if found.view is None else found.view.fingerprint,
+                                       found.cached is not None)
     seen = _gather((info, None if error is None else _portable(error)), group)
     _raise_if_any_failed([e for _, e in seen], error, "reading the dataset")
-    idents = [x[:2] for x, _ in seen]
+    idents = [x[:3] for x, _ in seen]
     if len(set(idents)) != 1:
         raise DedupError(f"ranks see different datasets (length, fingerprint) per rank: {idents}; every rank "
                          f"must build the sampler over the same data")
-    hits = [x[2] for x, _ in seen]
+    hits = [x[3] for x, _ in seen]
     source, cached = found.source, found.cached
     if any(hits):
         src = hits.index(True)
@@ -213,7 +215,9 @@ def hash_dataset_distributed_with(ds, options: DedupOptions, group=None) -> Data
     start, stop = rank * source.n // world, (rank + 1) * source.n // world
     part = None
     try:
-        part = hash_source_range(source, start, stop, options.method, options.hash_size, on_error=options.on_error,
+        # a view's base is hashed with failures recorded: only the view's own items may fail it
+        on_error = "skip" if found.view is not None else options.on_error
+        part = hash_source_range(source, start, stop, options.method, options.hash_size, on_error=on_error,
                                  workers=_default_workers(group) if options.workers is None else options.workers,
                                  fast_decode=options.fast_decode, progress=options.progress and rank == 0)
     except Exception as exc:  # noqa: BLE001 - re-raised below on every rank, never swallowed
@@ -237,4 +241,4 @@ def hash_dataset_distributed_with(ds, options: DedupOptions, group=None) -> Data
     dist.barrier(group=group)
     logger.debug("rank %d hashed items [%d, %d) of %d in %.2f s", rank, start, stop, source.n,
                  time.perf_counter() - t0)
-    return found.computed(result, None if box[0][0] is None else Path(box[0][0]))
+    return found.computed(result, None if box[0][0] is None else Path(box[0][0]), options.on_error)

@@ -328,8 +328,8 @@ def _positions(pos: np.ndarray, n: int, cls: str) -> np.ndarray:
 def labels_of(ds) -> np.ndarray | None:
     """Class labels of a dataset as ``int64`` ``(len(ds),)``, or ``None`` when it has none.
 
-    Read from ``targets``, ``labels`` (SVHN) or the class index of ``samples``
-    (``DatasetFolder``); a ``Subset``/``DedupDataset`` maps through its indices and a
+    Read from ``targets``, ``labels`` (SVHN), the class index of ``samples``
+    (``DatasetFolder``) or a Hugging Face dataset's ``ClassLabel`` column; a ``Subset``/``DedupDataset`` maps through its indices and a
     ``ConcatDataset`` joins its parts' labels (``None`` if a part has none), at any depth.
     Never loads an image.
 
@@ -349,6 +349,12 @@ def labels_of(ds) -> np.ndarray | None:
         if any(lab is None for lab in labels):
             return None
         return np.concatenate(labels) if labels else np.zeros(0, np.int64)
+    from .hf_datasets import hf_image_column, is_hf_dataset
+    if is_hf_dataset(ds):  # its ClassLabel column, read from the stored table
+        try:
+            return hf_image_column(ds).labels
+        except TypeError:  # no Image() column: nothing to hash, so no labels either
+            return None
     return _labels_of(ds, _tv_names(ds))
 
 
@@ -461,6 +467,9 @@ def _source(ds, image_fn, user_fp: str | None) -> ImageSource:
 
 
 def _leaf(ds, fingerprint: str | None) -> ImageSource:
+    # a Hugging Face dataset anywhere in the tree (also inside a Subset or ConcatDataset)
+    if (hf := _hf_source(ds, fingerprint)) is not None:
+        return hf
     src = _source(ds, None, fingerprint)
     if fingerprint not in (None, CONTENT_FINGERPRINT) and src.fingerprint is not None \
             and not src.fingerprint.startswith("user:"):
@@ -571,8 +580,6 @@ def source_of(ds, image_fn: Callable[[int], Any] | None = None, *, fingerprint: 
         (4, [3, 1])
     """
     _check_map_style(ds)
-    if image_fn is None and (hf := _hf_source(ds, fingerprint)) is not None:
-        return hf
     if image_fn is None:
         return _tree(ds, fingerprint, {})
     src = _source(ds, image_fn, fingerprint)

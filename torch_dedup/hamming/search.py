@@ -90,12 +90,24 @@ def _check_threshold(threshold, bits: int) -> int:
     return t
 
 
+def default_workers() -> int:
+    """Search threads when none are asked for: this process's CPUs, divided among the ranks
+    of this node when torchrun says how many there are (``LOCAL_WORLD_SIZE``), so that the
+    ranks of a DDP job, which each run the same search, do not each start one per CPU.
+
+    Read at call time, never at import.
+    """
+    try:
+        cores = max(1, len(os.sched_getaffinity(0)))
+    except AttributeError:  # pragma: no cover - not Linux
+        cores = max(1, os.cpu_count() or 1)
+    local = os.environ.get("LOCAL_WORLD_SIZE", "")
+    return max(1, cores // int(local)) if local.isdigit() and int(local) > 0 else cores
+
+
 def _check_workers(workers) -> int:
     if workers is None:
-        try:
-            return max(1, len(os.sched_getaffinity(0)))
-        except AttributeError:  # pragma: no cover - not Linux
-            return max(1, os.cpu_count() or 1)
+        return default_workers()
     if isinstance(workers, bool) or not isinstance(workers, numbers.Integral) or workers < 1:
         raise ValueError(f"workers must be None or an integer >= 1, got {workers!r}")
     return int(workers)
@@ -765,6 +777,7 @@ __all__ = [
     "block_masks",
     "block_table_pairs",
     "block_tables",
+    "default_workers",
     "hamming_distance",
     "hamming_pairs",
     "popcount64",
