@@ -90,6 +90,12 @@ THIRD_PARTY: dict[str, tuple[str, object]] = {
     "webdataset": ("under", "wds/"),
     "ray": ("under", "engines/"),
     "numba": ("file_glob", ("_numba.py", "_*kernels*.py")),
+    "datasets": ("file_glob", ("hf_datasets.py",)),
+    # the training frameworks are recognised by their class names, never imported by the library
+    "lightning": ("file_glob", ()),
+    "pytorch_lightning": ("file_glob", ()),
+    "accelerate": ("file_glob", ()),
+    "wids": ("file_glob", ()),
 }
 
 TABLE_FILES = "tests/layering.py (LAYERS) and the layer table in docs/architecture.md"
