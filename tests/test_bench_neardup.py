@@ -1,0 +1,123 @@
+"""Smoke test of benchmarks/bench_neardup.py at a tiny size, so that the benchmark cannot rot.
+
+It builds a CIFAR-like tree (train/<class>/NNNN.jpg, test/<class>/NNNN.jpg) from the embedded
+Fashion-MNIST sample, so it needs no real data; the figures themselves are not asserted.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import sys
+import types
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from torch_dedup.embedded import load_sample
+
+BENCH = Path(__file__).resolve().parent.parent / "benchmarks" / "bench_neardup.py"
+
+
+@pytest.fixture(scope="module")
+def bench():
+    spec = importlib.util.spec_from_file_location("bench_neardup", BENCH)
+    mod = importlib.util.module_from_spec(spec)
+    sys.modules["bench_neardup"] = mod  # dataclasses look their module up here
+    try:
+        spec.loader.exec_module(mod)
+        yield mod
+    finally:
+        sys.modules.pop("bench_neardup", None)
+
+
+@pytest.fixture(scope="module")
+def tree(tmp_path_factory):
+    x, y = load_sample(160)
+    root = tmp_path_factory.mktemp("cifar_like")
+    for k, (a, label) in enumerate(zip(x, y)):
+        split = "test" if k % 4 == 0 else "train"
+        d = root / split / f"c{int(label)}"
+        d.mkdir(parents=True, exist_ok=True)
+        rgb = np.stack([a, np.roll(a, 1, axis=1), 255 - a], axis=-1)  # some colour
+        Image.fromarray(rgb).resize((32, 32)).save(d / f"{k:04d}.jpg", quality=75)
+    return root
+
+
+def test_every_edit_gives_an_rgb_image(bench):
+    im = Image.fromarray(np.random.default_rng(0).integers(0, 256, (32, 32, 3), dtype=np.uint8))
+    rng = np.random.default_rng(1)
+    for name in bench.EDITS:
+        out, desc, q = bench.apply_edit(im, name, rng)
+        assert out.mode == "RGB" and desc and (q is None) == (name != "jpeg")
+        if name not in ("rescale",):
+            assert out.size == im.size
+    with pytest.raises(ValueError, match="edit 'nope'"):
+        bench.apply_edit(im, "nope", rng)
+
+
+def test_nearest_matches_a_numpy_reference(bench):
+    rng = np.random.default_rng(2)
+    q = rng.integers(0, 2**63, (30, 2), dtype=np.uint64)
+    idx = rng.integers(0, 2**63, (50, 2), dtype=np.uint64)
+    idx[7] = q[3] ^ np.uint64(1)
+    full = np.bitwise_count(q[:, None, :] ^ idx[None, :, :]).sum(-1)
+    d, j = bench.nearest(q, idx)
+    np.testing.assert_array_equal(d, full.min(1))
+    np.testing.assert_array_equal(j, full.argmin(1))
+    skip = np.full(30, 7)
+    d2, _ = bench.nearest(q, idx, skip_a=skip)
+    np.testing.assert_array_equal(d2, np.delete(full, 7, axis=1).min(1))
+    assert d[3] == 2 and d2[3] > 2  # one bit in each word
+
+
+def test_packs_boolean_codes_like_the_library(bench):
+    bits = np.zeros((2, 128), dtype=bool)
+    bits[0, 0] = bits[1, 127] = True
+    w = bench._as_words(bits)
+    assert w.shape == (2, 2) and w[0, 0] == np.uint64(1 << 63) and w[1, 1] == 1
+
+
+def test_runs_end_to_end_on_a_tiny_tree(bench, tree, tmp_path, capsys):
+    out = tmp_path / "out"
+    results = bench.main(["--data", str(tree), "--k", "12", "--out", str(out),
+                          "--methods", "phash 64,phash+dhash"])
+    assert [r.label for r in results] == ["phash 64", "phash+dhash"]
+    for r in results:
+        assert len(r.share) == r.bits + 1 and np.all(np.diff(r.share) >= 0) and r.share[-1] == 1.0
+        assert len(r.found_at) == 12 and 0.0 <= r.recall_at_share(0.04) <= 1.0
+    text = capsys.readouterr().out
+    assert "| phash 64 | 64 |" in text and "| phash+dhash | 128 |" in text
+    assert (out / "index.html").is_file() and (out / "results.md").is_file()
+    assert len((out / "edits.csv").read_text().splitlines()) == 13
+    assert (out / "flagged_phash_64.png").is_file() and (out / "missed_phash_64.png").is_file()
+
+
+def test_colour_dct_is_fitted_on_train_and_applied_to_the_rest(bench, tree, tmp_path, monkeypatch):
+    """The guarded colour_dct path, through a stand-in module with the promised API."""
+    calls = []
+
+    class Fit:
+        def codes(self, features):
+            return features > 0
+
+    def features(paths):
+        return np.stack([np.asarray(Image.open(p).convert("L").resize((8, 8)), dtype=np.float32).ravel() - 128
+                         for p in paths]).repeat(4, axis=1)
+
+    def fit(train_features, bits=256):
+        calls.append((len(train_features), bits))
+        return Fit()
+
+    fake = types.SimpleNamespace(colour_dct_features=features, fit_colour_dct=fit)
+    monkeypatch.setattr(bench, "colour_dct_module", lambda: fake)
+    results = bench.main(["--data", str(tree), "--k", "6", "--out", str(tmp_path / "o"),
+                          "--methods", bench.COLOUR_DCT])
+    assert [r.label for r in results] == [bench.COLOUR_DCT] and results[0].bits == 256
+    assert calls == [(120, 256)]  # fitted once, on the training images only
+
+
+def test_missing_data_exits_with_the_fix(bench, tmp_path):
+    with pytest.raises(SystemExit, match="no CIFAR-10 data at .*pass --data"):
+        bench.main(["--data", str(tmp_path / "absent.tar.gz"), "--out", str(tmp_path / "o")])
