@@ -18,7 +18,6 @@ import torch
 from torch.utils.data import Dataset
 
 from .options import DedupOptions, options_from
-from .hf_datasets import check_not_streaming, hf_image_column, is_hf_dataset
 from .planning import resolve_plan
 from .errors import DedupError
 
@@ -78,10 +77,6 @@ class DedupDataset(Dataset):
                      labels=labels, priority=priority, against=against, image_fn=image_fn, cache_dir=cache_dir,
                      on_error=on_error, progress=progress, fingerprint=fingerprint, workers=workers)
         options = options_from(options, given, type(self).__name__)
-        check_not_streaming(ds, type(self).__name__)
-        if options.labels is None and plan is None and options.image_fn is None and is_hf_dataset(ds):
-            # the ClassLabel column, which planning's labels_of does not read
-            options = options.replace(labels=hf_image_column(ds).labels)
         resolved = resolve_plan(ds, options, plan=plan, owner=type(self).__name__)
         self.dataset = ds
         self._plan = resolved.plan

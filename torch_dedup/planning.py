@@ -354,6 +354,9 @@ class ResolvedPlan:
 
 def _check_dataset(ds, owner: str) -> int:
     from torch.utils.data import IterableDataset
+
+    from .hf_datasets import check_not_streaming
+    check_not_streaming(ds, owner)
     if isinstance(ds, IterableDataset):
         raise TypeError(
             f"{owner} needs a map-style dataset, but {type(ds).__name__} is an IterableDataset (a stream "

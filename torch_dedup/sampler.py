@@ -32,7 +32,6 @@ from torch.utils.data import DistributedSampler
 from .options import DedupOptions, options_from
 from .planning import resolve_plan
 from .errors import DedupError, EmptyDedupError
-from .hf_datasets import check_not_streaming, hf_image_column, is_hf_dataset
 
 __all__ = ["DedupSampler"]
 
@@ -220,10 +219,6 @@ class DedupSampler(DistributedSampler):
                      labels=labels, priority=priority, against=against, image_fn=image_fn, cache_dir=cache_dir,
                      on_error=on_error, progress=progress, fingerprint=fingerprint, workers=workers)
         options = options_from(options, given, type(self).__name__)
-        check_not_streaming(ds, type(self).__name__)
-        if options.labels is None and plan is None and options.image_fn is None and is_hf_dataset(ds):
-            # the ClassLabel column, which planning's labels_of does not read
-            options = options.replace(labels=hf_image_column(ds).labels)
         resolved = resolve_plan(ds, options, plan=plan, owner=type(self).__name__)
         if fixed is None and not (dist.is_available() and dist.is_initialized()) \
                 and _env_world_size() > 1 and resolved.how == "computed":
