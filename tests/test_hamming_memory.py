@@ -17,6 +17,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 import torch_dedup.hamming.cluster as cluster
+import torch_dedup.hamming.streaming as streaming
 from test_cluster import assert_matches_naive, cases, check_invariants, clustered, naive
 from torch_dedup.hamming.cluster import find_duplicates, sweep_thresholds, sweep_thresholds_by_class
 
@@ -119,6 +120,7 @@ def test_held_pairs_never_exceed_the_cap(pair_cap, monkeypatch):
         return out
 
     monkeypatch.setattr(cluster, "_collect_pairs", spy)
+    monkeypatch.setattr(streaming, "_collect_pairs", spy)  # the streamed windows' own calls
     rng = np.random.default_rng(0)
     h = rng.integers(0, 2**64, 600, dtype=np.uint64)
     pair_cap(100)

@@ -130,7 +130,7 @@ def test_ray_plan_and_cli_equal_local(ray_local, shards, tmp_path, capsys):
     import json
 
     from torch_dedup.cli import main
-    from torch_dedup.wds.shard_plan import plan_shards
+    from torch_dedup.wds import plan_shards
 
     a = plan_shards(shards, 6, sidecar_dir=tmp_path / "a", workers=0, progress=False)
     b = plan_shards(shards, 6, sidecar_dir=tmp_path / "b", engine="ray", progress=False)

@@ -8,7 +8,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from naive import brute_pairs, unique_rows
-from torch_dedup.hamming import search
+from torch_dedup.hamming import _search_io
 from torch_dedup.hamming.search import (
     MAX_TABLES,
     BlockTable,
@@ -108,8 +108,8 @@ def test_two_identical_and_full_threshold():
 
 def test_resumed_kernels_with_tiny_buffers(monkeypatch):
     # the kernels hand back full buffers and resume; force that on every pair
-    monkeypatch.setattr(search, "_FIRST_BUFFER", 1)
-    monkeypatch.setattr(search, "_MAX_BUFFER", 2)
+    monkeypatch.setattr(_search_io, "_FIRST_BUFFER", 1)
+    monkeypatch.setattr(_search_io, "_MAX_BUFFER", 2)
     rng = np.random.default_rng(3)
     for words in (1, 4):
         h = clustered(rng, 200, words, dup_frac=0.5)

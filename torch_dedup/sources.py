@@ -14,8 +14,9 @@ every hash random. :func:`source_of` finds the cheapest honest way to read item 
   path), else ``ds[i][0]`` (``ds[i]`` when it is not a tuple), with a WARNING when the
   dataset has a ``transform`` set.
 
-Wrappers are looked through, at any depth, so their transforms never reach the hashes:
-``torch.utils.data.Subset`` (and so ``random_split``), torch_dedup's ``DedupDataset`` and any
+Wrappers are looked through at any depth (:mod:`torch_dedup.source_wrappers`), so their
+transforms never reach the hashes: ``torch.utils.data.Subset`` (and so ``random_split``),
+torch_dedup's ``DedupDataset`` and any
 dataset with a ``.dataset`` and ``.indices`` of its length (the ``Subset`` protocol) map
 through their indices; a ``ConcatDataset`` joins its parts' sources. The result is a *view*
 (``base`` + indices) of the one dataset underneath when there is one, so subsets share
@@ -37,11 +38,13 @@ import hashlib
 import logging
 import os
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Sequence
 
 import numpy as np
+
+from .image_source import ImageSource
+from .source_wrappers import _check_map_style, _concat_of, _positions, _subset_of, _tree
 
 __all__ = ["CONTENT_FINGERPRINT", "ImageSource", "labels_of", "source_of"]
 
@@ -54,130 +57,6 @@ _READ = 1 << 20  # bytes per read when digesting file contents
 _FILES_PER_TASK = 256  # files per thread task when digesting file contents
 #: ``fingerprint=`` value that checks every file's bytes instead of its size and mtime.
 CONTENT_FINGERPRINT = "content"
-
-
-@dataclass(frozen=True, eq=False)
-class ImageSource:
-    """How to read the raw images of a map-style dataset.
-
-    Attributes:
-        kind: ``"array"``, ``"files"`` or ``"items"`` (see the module doc).
-        n: number of items (``len(ds)``).
-        fingerprint: content identity for caching, or ``None`` when none is cheap and safe
-            (then hashes are never cached).
-        labels: ``int64`` ``(n,)`` class labels when the dataset has them, else ``None``.
-        root: the dataset's root folder (where sidecars go), or ``None``.
-        description: short human-readable origin, e.g. ``"FashionMNIST.data (10000, 28, 28)"``.
-        class_folders: ``True`` for an ``ImageFolder``/``DatasetFolder``-style dataset (one
-            with ``.samples`` paths), however its images are read: every sub-folder of
-            ``root`` is then a class, so nothing may create a folder there (sidecars go
-            into ``root`` as hidden files instead).
-    """
-
-    kind: str
-    n: int
-    fingerprint: str | None
-    labels: np.ndarray | None
-    root: Path | None
-    description: str
-    _array: Any = field(default=None, repr=False)  # numpy array (N, H, W[, C]) or (N, C, H, W)
-    _chw: bool = field(default=False, repr=False)
-    _indices: np.ndarray | None = field(default=None, repr=False)
-    _paths: Sequence[str] | None = field(default=None, repr=False)
-    _get: Callable[[int], Any] | None = field(default=None, repr=False)
-    class_folders: bool = False
-    # A view: item i is item _indices[i] of _base (whose storage fields this source shares).
-    _base: ImageSource | None = field(default=None, repr=False)
-    # An array concatenation: the parts' rows in turn (_offsets: each part's first row, then n).
-    _parts: tuple = field(default=(), repr=False)
-    _offsets: np.ndarray | None = field(default=None, repr=False)
-
-    def __len__(self) -> int:
-        return self.n
-
-    @property
-    def base(self) -> ImageSource | None:
-        """The whole dataset this source is a view of (``None``: it is a whole dataset itself)."""
-        return self._base
-
-    @property
-    def base_indices(self) -> np.ndarray | None:
-        """``int64`` positions of this view's items in :attr:`base` (``None`` when not a view)."""
-        return None if self._base is None else self._indices
-
-    def _check_range(self, start: int, stop: int) -> None:
-        if not 0 <= start <= stop <= self.n:
-            raise ValueError(f"range [{start}, {stop}) must satisfy 0 <= start <= stop <= n={self.n}")
-
-    def _stored_rows(self, rows: np.ndarray) -> np.ndarray:
-        """Rows of the stored array(s) (positions before ``_indices``), channels last, 1 channel dropped."""
-        if self._parts:
-            part = np.searchsorted(self._offsets, rows, side="right") - 1
-            first = self._parts[0]._stored_rows(np.zeros(0, np.int64))
-            out = np.empty((rows.size, *first.shape[1:]), dtype=np.uint8)
-            for k in np.unique(part).tolist():
-                sel = part == k
-                sub = self._parts[k]
-                local = rows[sel] - self._offsets[k]
-                out[sel] = sub._stored_rows(local if sub._indices is None else sub._indices[local])
-            return out
-        batch = self._array[rows]
-        if self._chw:
-            batch = batch.transpose(0, 2, 3, 1)
-        if batch.ndim == 4 and batch.shape[3] == 1:
-            batch = batch[..., 0]
-        return batch
-
-    def array_batch(self, start: int, stop: int) -> np.ndarray:
-        """Items ``start..stop-1`` of an **array** source as contiguous uint8 ``(m, H, W)`` or ``(m, H, W, 3)``."""
-        if self.kind != "array":
-            raise TypeError(f"array_batch needs an array source, this one is {self.kind!r}")
-        self._check_range(start, stop)
-        if self._indices is None and not self._parts:
-            batch = self._stored_rows(slice(start, stop))
-        else:
-            rows = np.arange(start, stop) if self._indices is None else self._indices[start:stop]
-            batch = self._stored_rows(rows)
-        return np.ascontiguousarray(batch)
-
-    def paths(self, start: int = 0, stop: int | None = None) -> list[str]:
-        """File paths of items ``start..stop-1`` of a **files** source."""
-        if self.kind != "files":
-            raise TypeError(f"paths needs a files source, this one is {self.kind!r}")
-        stop = self.n if stop is None else stop
-        self._check_range(start, stop)
-        if self._indices is None:
-            return [str(p) for p in self._paths[start:stop]]
-        return [str(self._paths[j]) for j in self._indices[start:stop].tolist()]
-
-    def item(self, i: int) -> Any:
-        """The raw image of item ``i`` (any kind): array, path or whatever ``image_fn`` returns."""
-        if not 0 <= i < self.n:
-            raise IndexError(f"item {i} out of range [0, {self.n})")
-        if self.kind == "array":
-            return self.array_batch(i, i + 1)[0]
-        if self.kind == "files":
-            return self.paths(i, i + 1)[0]
-        j = i if self._indices is None else int(self._indices[i])
-        return self._get(j)
-
-    def view(self, positions: np.ndarray, fingerprint: str | None, description: str) -> ImageSource:
-        """The items ``positions`` (``int64``, each in ``[0, n)``) of this source, as a view of its base."""
-        base = self if self._base is None else self._base
-        absolute = positions if self._indices is None else self._indices[positions]
-        labels = None if self.labels is None else self.labels[positions]
-        return ImageSource(self.kind, int(positions.size), fingerprint, labels, base.root, description,
-                           _array=base._array, _chw=base._chw, _indices=absolute, _paths=base._paths,
-                           _get=base._get, class_folders=base.class_folders, _base=base, _parts=base._parts,
-                           _offsets=base._offsets)
-
-
-def _blake(*parts: bytes | str) -> str:
-    h = hashlib.blake2b(digest_size=16)
-    for p in parts:
-        h.update(p.encode("utf-8") if isinstance(p, str) else p)
-        h.update(b"\0")
-    return h.hexdigest()
 
 
 def _array_digest(arr: np.ndarray) -> str:
@@ -288,43 +167,6 @@ def _labels_of(ds, names: set[str]) -> np.ndarray | None:
     return None
 
 
-def _subset_of(ds) -> tuple[Any, np.ndarray] | None:
-    """``(inner dataset, int64 indices)`` of a dataset that follows the ``Subset`` protocol, else ``None``.
-
-    ``torch.utils.data.Subset`` (``random_split`` returns those), torch_dedup's ``DedupDataset``
-    and any dataset whose ``.dataset`` is a dataset and whose ``.indices`` are ``len(ds)`` ints.
-    """
-    inner, indices = getattr(ds, "dataset", None), getattr(ds, "indices", None)
-    if inner is None or indices is None or callable(indices) or not hasattr(inner, "__getitem__"):
-        return None
-    try:
-        pos = np.asarray(indices.cpu() if hasattr(indices, "cpu") else indices).reshape(-1)
-    except (TypeError, ValueError):
-        return None
-    if pos.dtype.kind not in "iu" and not (pos.size == 0 and pos.dtype.kind == "f"):
-        return None
-    if pos.size != len(ds):
-        return None
-    return inner, pos.astype(np.int64)
-
-
-def _concat_of(ds) -> list | None:
-    """The parts of a ``torch.utils.data.ConcatDataset``, else ``None``."""
-    try:
-        from torch.utils.data import ConcatDataset
-    except ImportError:  # pragma: no cover - torch is a dependency
-        return None
-    return list(ds.datasets) if isinstance(ds, ConcatDataset) else None
-
-
-def _positions(pos: np.ndarray, n: int, cls: str) -> np.ndarray:
-    """``pos`` with negative indices resolved (as Python indexing does); out of range is an error."""
-    if pos.size and (pos.min() < -n or pos.max() >= n):
-        raise IndexError(f"{cls}.indices span {pos.min()}..{pos.max()}, outside its {n}-item dataset; "
-                         f"indices must lie in [-{n}, {n - 1}]")
-    return np.where(pos < 0, pos + n, pos)
-
-
 def labels_of(ds) -> np.ndarray | None:
     """Class labels of a dataset as ``int64`` ``(len(ds),)``, or ``None`` when it has none.
 
@@ -380,23 +222,6 @@ def _first_image(item):
         raise TypeError(f"dataset item is a dict with keys {sorted(item)!r}; pass image_fn=lambda i: ... "
                         "that returns the raw image")
     return item
-
-
-def _check_map_style(ds) -> None:
-    try:
-        from torch.utils.data import IterableDataset
-    except ImportError:  # pragma: no cover
-        IterableDataset = ()
-    if isinstance(ds, IterableDataset):
-        raise TypeError(f"{type(ds).__name__} is an IterableDataset: it has no random access or length, so it "
-                        "cannot be hashed up front. Deduplicate streams with torch_dedup.wds (the webdataset "
-                        "filter), or wrap the data in a map-style Dataset.")
-    try:
-        len(ds)
-    except TypeError:
-        raise TypeError(f"{type(ds).__name__} has no __len__; torch_dedup needs a map-style dataset "
-                        "(__getitem__ and __len__). For streams use torch_dedup.wds (the webdataset filter).") \
-            from None
 
 
 def _has_transform(ds) -> bool:
@@ -477,65 +302,6 @@ def _leaf(ds, fingerprint: str | None) -> ImageSource:
     return src
 
 
-def _view_fingerprint(base: ImageSource, absolute: np.ndarray) -> str | None:
-    return None if base.fingerprint is None else f"{base.fingerprint}|subset:{_blake(absolute.tobytes())}"
-
-
-def _concat(parts: list[ImageSource], cls: str) -> ImageSource:
-    """One source for a ``ConcatDataset``: a view when every part is (a view of) the same dataset."""
-    n = sum(p.n for p in parts)
-    bases = [p if p.base is None else p.base for p in parts]
-    if parts and all(b is bases[0] for b in bases):
-        base = bases[0]
-        absolute = np.concatenate([np.arange(p.n, dtype=np.int64) if p.base is None else p.base_indices
-                                   for p in parts]).astype(np.int64)
-        return base.view(absolute, _view_fingerprint(base, absolute), f"{cls} of {base.description}")
-    prints = [p.fingerprint for p in parts]
-    fp = None if any(f is None for f in prints) else f"concat:{_blake(*prints)}"
-    labels = None if any(p.labels is None for p in parts) else np.concatenate([p.labels for p in parts])
-    roots = {p.root for p in parts}
-    root = roots.pop() if len(roots) == 1 else None
-    folders = root is not None and any(p.class_folders for p in parts)
-    offsets = np.cumsum([0] + [p.n for p in parts]).astype(np.int64)
-    desc = f"{cls} of {len(parts)} datasets ({', '.join(p.description for p in parts[:3])}{', ...' if len(parts) > 3 else ''})"
-    kinds = {p.kind for p in parts}
-    if kinds == {"array"} and len({p.array_batch(0, 0).shape[1:] for p in parts}) == 1:
-        return ImageSource("array", n, fp, labels, root, desc, class_folders=folders, _parts=tuple(parts),
-                           _offsets=offsets)
-    if kinds == {"files"}:
-        return ImageSource("files", n, fp, labels, root, desc, _paths=[q for p in parts for q in p.paths()],
-                           class_folders=folders)
-
-    def get(j: int, _parts=tuple(parts), _offsets=offsets):
-        k = int(np.searchsorted(_offsets, j, side="right")) - 1
-        return _parts[k].item(j - int(_offsets[k]))
-
-    return ImageSource("items", n, fp, labels, root, desc, _get=get, class_folders=folders)
-
-
-def _tree(ds, fingerprint: str | None, memo: dict) -> ImageSource:
-    """The source of ``ds``, looking through ``Subset``-protocol wrappers and ``ConcatDataset`` at any depth."""
-    _check_map_style(ds)
-    if id(ds) in memo:  # the same dataset twice (e.g. two subsets of it): one source, so they share a base
-        return memo[id(ds)][1]
-    cls = type(ds).__name__
-    sub = _subset_of(ds)
-    parts = None if sub is not None else _concat_of(ds)
-    if sub is not None:
-        inner, pos = sub
-        inner_src = _tree(inner, fingerprint, memo)
-        pos = _positions(pos, inner_src.n, cls)
-        base = inner_src if inner_src.base is None else inner_src.base
-        absolute = pos if inner_src.base is None else inner_src.base_indices[pos]
-        src = inner_src.view(pos, _view_fingerprint(base, absolute), f"{cls} of {base.description}")
-    elif parts is not None:
-        src = _concat([_tree(p, fingerprint, memo) for p in parts], cls)
-    else:
-        src = _leaf(ds, fingerprint)
-    memo[id(ds)] = (ds, src)  # holds ds so its id is not reused while memo lives
-    return src
-
-
 def source_of(ds, image_fn: Callable[[int], Any] | None = None, *, fingerprint: str | None = None) -> ImageSource:
     """Describe how to read the raw images, labels and fingerprint of a map-style dataset.
 
@@ -581,7 +347,7 @@ def source_of(ds, image_fn: Callable[[int], Any] | None = None, *, fingerprint: 
     """
     _check_map_style(ds)
     if image_fn is None:
-        return _tree(ds, fingerprint, {})
+        return _tree(ds, fingerprint, {}, _leaf)
     src = _source(ds, image_fn, fingerprint)
     if fingerprint is not None and src.fingerprint is not None and not src.fingerprint.startswith("user:"):
         src = dataclasses.replace(src, fingerprint=f"{src.fingerprint}|user:{fingerprint}")

@@ -19,7 +19,8 @@ from torch_dedup.errors import PlanError
 
 from .filter import DedupFilter, dedup_filter
 from .rewrite import RewriteResult, rewrite_shards
-from .shard_plan import ShardPlan, plan_shards
+from .shard_plan import ShardPlan
+from .shard_planning import plan_shards
 from .shard_sidecar import ShardSidecar, read_shard_sidecar, shard_sidecar_paths
 from .shards import DEFAULT_IMAGE_EXTS, ShardHashes, hash_shard, hash_shards
 from .tar_samples import ShardReadError, iter_tar_samples

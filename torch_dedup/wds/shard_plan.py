@@ -1,10 +1,8 @@
 """One global plan over many shards: which ``(shard, __key__)`` samples to drop.
 
-:func:`plan_shards` hashes (or reads the sidecars of) every shard, concatenates the
-hashes in shard order, and runs the Hamming engine and the keep decision once over the
-whole corpus (:func:`torch_dedup.hamming.cluster.find_duplicates`). A sample's identity is
-``(shard, key)``, so equal keys in different shards are different samples. Keep priority
-is corpus order: shard order as given, then stored order within a shard.
+:func:`~torch_dedup.wds.shard_planning.plan_shards` (in :mod:`torch_dedup.wds.shard_planning`)
+builds it: one Hamming engine run and keep decision over the whole corpus, in corpus order
+(shard order as given, then stored order within a shard); a sample's identity is ``(shard, key)``.
 
 A :class:`ShardPlan` is a :class:`~torch_dedup.plan.DedupPlan` over those corpus indices
 (samples whose image failed to hash and samples without an image are ``failed`` there)
@@ -17,7 +15,6 @@ plan file: ``DedupPlan.load`` reads the plan part of it, ``ShardPlan.load`` the 
 
 from __future__ import annotations
 
-import logging
 import os
 import warnings
 from dataclasses import dataclass, field
@@ -26,28 +23,13 @@ from typing import Iterator
 
 import numpy as np
 
-from torch_dedup._checks import check_bool
-from torch_dedup._store import pack_strings, read_store, unpack_strings
-from torch_dedup.errors import EmptyDedupError, ImageDecodeError, PlanError, SidecarError
-from torch_dedup.hamming import find_duplicates, popcount64
-from torch_dedup.options import DedupOptions
+from torch_dedup._store import read_store, unpack_strings
+from torch_dedup.errors import PlanError
+from torch_dedup.hamming import popcount64
 from torch_dedup.plan import DedupPlan
-from torch_dedup.sidecar import hash_environment, library_versions
+from torch_dedup.sidecar import library_versions
 
-from .shard_urls import shard_id, shard_name
-from .shards import (
-    DEFAULT_IMAGE_EXTS,
-    ShardHashes,
-    _check_engine,
-    _hash_missing,
-    _shard_error_text,
-    parse_image_exts,
-)
-from .tar_samples import ShardReadError
-
-__all__ = ["STATUS_DUPLICATE", "STATUS_FAILED", "STATUS_KEPT", "STATUS_NO_IMAGE", "ShardPlan", "plan_shards"]
-
-logger = logging.getLogger(__name__)
+__all__ = ["STATUS_DUPLICATE", "STATUS_FAILED", "STATUS_KEPT", "STATUS_NO_IMAGE", "ShardPlan"]
 
 STATUS_KEPT, STATUS_DUPLICATE, STATUS_FAILED, STATUS_NO_IMAGE = 0, 1, 2, 3
 # Version of the shard extras inside a plan file. Version 1 was a store file of its own
@@ -462,149 +444,3 @@ def _resolve_ambiguous(drop: np.ndarray, repeated) -> list[tuple[int, str, int]]
             drop[idx] = False
             spared.append((s, key, len(idx)))
     return spared
-
-
-class _Corpus:
-    """The concatenated arrays of many shards, filled one shard at a time (keys stay packed bytes)."""
-
-    def __init__(self) -> None:
-        self.hashes, self.valid, self.has_image, self.blobs, self.key_lengths = [], [], [], [], []
-        self.shards: list[dict] = []
-        self.shard_errors: list[tuple[int, dict]] = []
-
-    def add(self, url: str, hashes, valid, has_image, key_blob, key_offsets, fingerprint, sidecar,
-            shard_error) -> None:
-        self.hashes.append(hashes)
-        self.valid.append(valid)
-        self.has_image.append(has_image)
-        self.blobs.append(key_blob)
-        self.key_lengths.append(np.diff(key_offsets))
-        if shard_error is not None:
-            self.shard_errors.append((len(self.shards), shard_error))
-        self.shards.append({"url": url, "id": shard_id(url), "name": shard_name(url), "fingerprint": fingerprint,
-                            "n": int(len(valid)), "sidecar": sidecar})
-
-    def add_sidecar_file(self, url: str, path: str) -> None:
-        """Read one shard sidecar's arrays (checksummed by the store; keys not decoded)."""
-        meta, arrays = read_store(path, "shard-sidecar", SidecarError)
-        try:
-            n, off = int(meta["count"]), arrays["key_offsets"]
-            h, valid, has_image = arrays["hashes"], arrays["valid"], arrays["has_image"]
-            if off.dtype != np.int64 or off.shape != (n + 1,) or off[0] != 0 or off[-1] != len(arrays["keys"]) \
-                    or h.dtype != np.uint64 or h.shape[:1] != (n,) or valid.shape != (n,) or has_image.shape != (n,):
-                raise ValueError(f"arrays do not fit count {n}")
-        except (KeyError, TypeError, ValueError) as exc:
-            raise SidecarError(path, f"inconsistent shard sidecar ({exc}); delete it to hash the shard again") \
-                from None
-        self.add(url, h, valid, has_image, arrays["keys"], off, meta.get("fingerprint"), str(path),
-                 meta.get("shard_error"))
-
-    def arrays(self):
-        n_shards = len(self.shards)
-        shard_offsets = np.zeros(n_shards + 1, np.int64)
-        np.cumsum([s["n"] for s in self.shards], out=shard_offsets[1:])
-        lengths = np.concatenate(self.key_lengths) if self.key_lengths else np.zeros(0, np.int64)
-        key_offsets = np.zeros(len(lengths) + 1, np.int64)
-        np.cumsum(lengths, out=key_offsets[1:])
-        key_blob = np.concatenate(self.blobs) if self.blobs else np.zeros(0, np.uint8)
-        self.blobs, self.key_lengths = [], []
-        words = {h.shape[1] if h.ndim == 2 else 0 for h in self.hashes}
-        if len(words) > 1:
-            raise ValueError(f"the shards' hashes have different widths {sorted(words)}; hash them with one "
-                             "method and hash_size")
-        return (np.concatenate(self.hashes), np.concatenate(self.valid), np.concatenate(self.has_image),
-                key_blob, key_offsets, shard_offsets)
-
-
-def plan_shards(urls, threshold: int = 6, *, method: str = "phash", hash_size: int = 8, policy: str = "greedy",
-                image_exts=DEFAULT_IMAGE_EXTS, sidecar_dir=None, workers: int | None = None, on_error: str = "raise",
-                fast_decode: bool = False, drop_failed: bool = True, refresh: bool = False, progress: bool = True,
-                out: str | os.PathLike | None = None, engine: str = "local",
-                ray_address: str | None = None) -> ShardPlan:
-    """Hash the shards that need it and decide, across all of them, which samples to drop.
-
-    Sidecars are read one at a time into flat arrays (hashes, masks, keys as one UTF-8
-    blob plus offsets): memory is about 30 bytes per sample plus the keys' bytes, never a
-    Python object per sample.
-
-    Args:
-        urls: shard URLs (brace pattern, path or list), or a :class:`ShardHashes` from
-            :func:`hash_shards`.
-        threshold: Hamming threshold: samples within it are near-duplicates.
-        method, hash_size, image_exts, sidecar_dir, workers, on_error, fast_decode, refresh,
-            progress, engine, ray_address: as in :func:`~torch_dedup.wds.shards.hash_shards`.
-        policy: ``"greedy"`` (default) or ``"components"``.
-        drop_failed: also drop samples whose image could not be hashed (``on_error="skip"``).
-        out: save the plan to this file too (a plan file ``DedupPlan.load`` also reads).
-
-    Returns:
-        A :class:`ShardPlan` (its ``plan`` is the :class:`DedupPlan` over corpus order).
-
-    Raises:
-        ValueError: a bad argument.
-        EmptyDedupError: the shards hold no sample at all.
-        ShardReadError, ImageDecodeError: from hashing, with ``on_error="raise"``.
-
-    Example:
-        >>> plan = plan_shards("shards/shard-{000000..000009}.tar", threshold=6,
-        ...                    out="shards/dedup.tdplan")  # doctest: +SKIP
-        >>> plan.n_removed, plan.summary["n_removed"]  # doctest: +SKIP
-        (412, 412)
-    """
-    # the shared option rules, checked before any shard is read
-    DedupOptions(threshold=threshold, method=method, hash_size=hash_size, policy=policy, on_error=on_error,
-                 workers=workers, fast_decode=fast_decode, progress=progress, refresh=refresh)
-    check_bool("drop_failed", drop_failed)
-    corpus = _Corpus()
-    if isinstance(urls, ShardHashes):
-        hashes = urls
-        if hashes.settings.get("method") != method or hashes.settings.get("hash_size") != int(hash_size):
-            raise ValueError(f"the ShardHashes were made with {hashes.settings}; pass the same method= and "
-                             f"hash_size= (got {method!r}, {hash_size!r})")
-        all_urls, errors, run_settings = hashes.urls, list(hashes.errors), hashes.settings
-        if on_error == "raise" and (errors or hashes.failures):
-            note = (f" (these ShardHashes were made with on_error='skip': {len(errors)} shard(s) missing or "
-                    f"damaged, {len(hashes.failures)} image(s) failed); pass on_error='skip' to plan_shards too "
-                    "to plan what was read")
-            if errors:
-                raise ShardReadError(errors[0][0], f"{errors[0][1]}{note}")
-            raise ImageDecodeError(hashes.failures[0][1], f"{hashes.failures[0][2]}{note}")
-        for sc in hashes.sidecars:
-            blob, off = pack_strings(sc.keys)
-            corpus.add(sc.url, sc.hashes, sc.valid, sc.has_image, blob, off, sc.meta.get("fingerprint"),
-                       None if sc.path is None else str(sc.path), sc.shard_error)
-    else:
-        exts = parse_image_exts(image_exts)
-        _check_engine(engine, ray_address)
-        run = _hash_missing(urls, method, hash_size, exts, sidecar_dir, workers, on_error, fast_decode, refresh,
-                            progress, engine, ray_address)
-        all_urls, run_settings = run.urls, run.settings
-        err = dict(run.errors)
-        for i in sorted(run.paths):
-            corpus.add_sidecar_file(all_urls[i], run.paths[i])
-            if corpus.shard_errors and corpus.shard_errors[-1][0] == len(corpus.shards) - 1:
-                err[i] = (all_urls[i], _shard_error_text(corpus.shard_errors[-1][1]))
-        errors = [err[i] for i in sorted(err)]
-    n = sum(s["n"] for s in corpus.shards)
-    if n == 0:
-        raise EmptyDedupError(f"the {len(all_urls)} shard(s) hold no sample; check the URLs "
-                              f"(first: {all_urls[0]!r})")
-    shards = tuple(corpus.shards)
-    h, valid, has_image, key_blob, key_offsets, shard_offsets = corpus.arrays()
-    del corpus
-    settings = {**run_settings, "threshold": int(threshold), "policy": policy, "drop_failed": drop_failed,
-                "hash_env": hash_environment()}
-    # samples without an image are failed in the plan, like images that failed to hash: neither
-    # kept nor removed, so the DedupPlan's keep mask is exactly the images worth sampling
-    dp = find_duplicates(h, threshold, policy=policy, valid=valid & has_image, settings=settings,
-                         provenance={"source": "webdataset shards", "n_shards": len(shards)})
-    plan = ShardPlan(plan=dp, shards=shards, shard_offsets=shard_offsets, key_blob=key_blob,
-                     key_offsets=key_offsets, has_image=has_image, hashes=h, shard_errors=tuple(errors))
-    for s, key, copies in plan.ambiguous_keys:
-        logger.warning("key %r appears %d times in shard %d with different decisions; all copies are "
-                       "kept (the stream cannot tell them apart)", key, copies, s)
-    logger.info("plan_shards: %d samples in %d shards, threshold %d: dropping %d (%.1f%%)", n, len(shards),
-                threshold, plan.n_removed, 100 * plan.n_removed / n)
-    if out is not None:
-        object.__setattr__(plan, "path", plan.save(out))
-    return plan

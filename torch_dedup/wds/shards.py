@@ -109,7 +109,7 @@ def hash_shard(url: str, method: str = "phash", hash_size: int = 8, *,
 
     Example:
         >>> sc = hash_shard("shards/shard-000000.tar")  # doctest: +SKIP
-        >>> sc.keys[:2], sc.hashes.shape
+        >>> sc.keys[:2], sc.hashes.shape  # doctest: +SKIP
         (('000000', '000001'), (1000,))
     """
     exts = parse_image_exts(image_exts)
@@ -434,7 +434,7 @@ def hash_shards(urls, method: str = "phash", hash_size: int = 8, *,
 
     Example:
         >>> h = hash_shards("shards/shard-{000000..000009}.tar")  # doctest: +SKIP
-        >>> len(h.hashed), len(h.cached)   # a second call reads every sidecar
+        >>> len(h.hashed), len(h.cached)   # the first call hashes; a second reads every sidecar  # doctest: +SKIP
         (10, 0)
         >>> h = hash_shards("shards/shard-{000000..000009}.tar", engine="ray")  # doctest: +SKIP
     """
