@@ -354,3 +354,27 @@ def test_ranges_are_checked(tmp_path):
         src.paths()
     with pytest.raises(IndexError):
         src.item(40)
+
+
+def test_file_fingerprint_takes_relative_paths_as_relpath_would(tmp_path):
+    """The fast prefix strip and os.path.relpath give the same fingerprint (odd paths take relpath)."""
+    import hashlib
+    import os
+
+    from torch_dedup.sources import _files_digest
+    (tmp_path / "cat").mkdir()
+    (tmp_path / ".hidden").mkdir()
+    for name in ("cat/1.jpg", ".hidden/2.jpg"):
+        (tmp_path / name).write_bytes(b"x")
+    root = str(tmp_path)
+    paths = [os.path.join(root, "cat", "1.jpg"), os.path.join(root, ".", "cat", "1.jpg"), root + "//cat/1.jpg",
+             os.path.join(root, ".hidden", "2.jpg"), os.path.join(root, "cat", "..", "cat", "1.jpg")]
+
+    def reference(ps):
+        h = hashlib.blake2b(digest_size=16)
+        for p in ps:
+            st = os.stat(p)
+            h.update(f"{os.path.relpath(p, root)}\0{st.st_size}\0{st.st_mtime_ns}\n".encode("utf-8", "surrogateescape"))
+        return h.hexdigest()
+
+    assert _files_digest(paths, tmp_path) == reference(paths)

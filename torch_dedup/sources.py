@@ -70,11 +70,28 @@ def _array_digest(arr: np.ndarray) -> str:
     return h.hexdigest()
 
 
+def _plain_tail(tail: str) -> bool:
+    """Whether ``tail`` is already what ``os.path.relpath`` would return for it (no ``.``/``..``
+    components, no empty ones)."""
+    parts = tail.split(os.sep)
+    return all(part not in ("", ".", "..") for part in parts)
+
+
 def _files_digest(paths: Sequence[str], root: Path | None) -> str:
     h = hashlib.blake2b(digest_size=16)
+    # os.path.relpath costs ~10 us a file (two abspath calls): strip the root's prefix when
+    # the path starts with it, which is what relpath returns then
+    # (torchvision builds every path as os.path.join(root, ...), so the root as given is a
+    # prefix); anything with "." / ".." components, doubled or trailing separators takes relpath
+    prefix = None if root is None else os.path.join(os.path.normpath(os.fspath(root)), "")
     for p in paths:
         p = os.fspath(p)
-        rel = os.path.relpath(p, root) if root is not None else p
+        if root is None:
+            rel = p
+        elif p.startswith(prefix) and _plain_tail(p[len(prefix):]):
+            rel = p[len(prefix):]
+        else:
+            rel = os.path.relpath(p, root)
         try:
             st = os.stat(p)
             h.update(f"{rel}\0{st.st_size}\0{st.st_mtime_ns}\n".encode("utf-8", "surrogateescape"))

@@ -59,6 +59,11 @@ _COST_BRUTE = 0.8  # one brute-force pair, per 64-bit word
 # ----------------------------------------------------------------------------- helpers
 
 
+_M1, _M2, _M4 = np.uint64(0x5555555555555555), np.uint64(0x3333333333333333), np.uint64(0x0F0F0F0F0F0F0F0F)
+_H01 = np.uint64(0x0101010101010101)
+_S1, _S2, _S4, _S56 = np.uint64(1), np.uint64(2), np.uint64(4), np.uint64(56)
+
+
 def popcount64(x) -> np.ndarray:
     """Set bits of every element of a uint64 array (vectorised numpy).
 
@@ -72,8 +77,13 @@ def popcount64(x) -> np.ndarray:
         >>> popcount64(np.array([0, 7, 2**64 - 1], dtype=np.uint64)).tolist()
         [0, 3, 64]
     """
+    # SWAR popcount in uint64 arithmetic (wrapping multiply): ~4x faster than unpacking bits,
+    # and it needs nothing newer than the numpy floor
     x = np.asarray(x, dtype=np.uint64)
-    return np.unpackbits(x.reshape(-1, 1).view(np.uint8), axis=1).sum(axis=1, dtype=np.uint8).reshape(x.shape)
+    x = x - ((x >> _S1) & _M1)
+    x = (x & _M2) + ((x >> _S2) & _M2)
+    x = (x + (x >> _S4)) & _M4
+    return ((x * _H01) >> _S56).astype(np.uint8)
 
 
 def hamming_distance(a, b) -> np.ndarray:
