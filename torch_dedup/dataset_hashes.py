@@ -24,7 +24,7 @@ import numpy as np
 
 from ._checks import check_int
 from .errors import DedupError, ImageDecodeError
-from .hashing.api import POOL_MIN_FILES, HashResult, hash_array, hash_bits, hash_images
+from .hashing.api import HashResult, hash_array, hash_bits, hash_images
 from .options import DedupOptions
 from .sidecar import Sidecar, hash_environment, library_versions, load_or_none, sidecar_file, sidecar_name, write_sidecar
 from .sources import ImageSource, source_of
@@ -146,10 +146,6 @@ def _empty_hashes(method: str, hash_size: int, n: int = 0) -> np.ndarray:
     words = -(-int(hash_bits(method, hash_size)) // 64)
     return np.zeros((n,) if words == 1 else (n, words), dtype=np.uint64)
 
-
-def _auto_workers(n_files: int) -> int:
-    """All cores for many files; none for a few, where starting worker processes costs more than it saves."""
-    return 0 if n_files < POOL_MIN_FILES else (os.cpu_count() or 1)
 
 
 def _progress_bar(total: int, progress: bool, desc: str):
@@ -297,7 +293,9 @@ def hash_source_range(source: ImageSource, start: int = 0, stop: int | None = No
     elif source.kind == "files":
         try:
             res = hash_images(source.paths(start, stop), method, hash_size, on_error=on_error,
-                              workers=_auto_workers(stop - start) if workers is None else int(workers),
+                              # all cores by default: hash_images itself stays in this process below
+                              # hashing.POOL_MIN_FILES files, the library's one pool threshold
+                              workers=(os.cpu_count() or 1) if workers is None else int(workers),
                               fast_decode=fast_decode, progress=progress, batch_size=batch_size)
         except ImageDecodeError as exc:  # its index counts from start: make it the dataset's
             if exc.index is None or start == 0:

@@ -14,8 +14,7 @@ from typing import Any
 
 import numpy as np
 
-from .._checks import HASH_METHODS as METHODS
-from .._checks import check_method
+from .._checks import HASH_METHODS as METHODS, check_method
 from ..options import DedupOptions
 from ..plan import POLICIES
 
