@@ -11,11 +11,15 @@ from __future__ import annotations
 import numbers
 from typing import Any
 
-__all__ = ["HASH_METHODS", "ON_ERROR", "check_bool", "check_choice", "check_hash_size", "check_int",
+__all__ = ["FITTED_METHODS", "HASH_METHODS", "ON_ERROR", "check_bool", "check_choice", "check_hash_size", "check_int",
            "check_method", "check_on_error", "check_threshold", "check_workers", "method_bits", "method_parts"]
 
 #: The perceptual hash methods (imagehash's ``average_hash`` is ``ahash``).
 HASH_METHODS = ("ahash", "dhash", "phash", "whash")
+#: Methods whose codes depend on statistics of the data (a fit made once per dataset and
+#: applied to everything compared with it); each stands alone, never in a composite code.
+FITTED_METHODS = ("colour_dct",)
+_ALL_METHODS = HASH_METHODS + FITTED_METHODS
 #: What to do with an image that cannot be read.
 ON_ERROR = ("raise", "skip")
 
@@ -50,22 +54,27 @@ def check_choice(name: str, value: Any, choices: tuple) -> Any:
 def method_parts(method: Any) -> tuple[str, ...]:
     """The hash methods a method name stands for: ``"phash"`` -> ``("phash",)``;
     a composite code ``"phash+dhash"`` -> ``("phash", "dhash")`` (concatenated bits, so its
-    Hamming distance is the sum of the parts' distances).
+    Hamming distance is the sum of the parts' distances). ``"colour_dct"`` (a fitted method)
+    stands alone.
 
     Raises:
-        ValueError: an unknown part, an empty part, or a part named twice.
+        ValueError: an unknown part, an empty part, a part named twice, or a fitted method
+            in a composite.
     """
+    known = f"{', '.join(map(repr, _ALL_METHODS))} or a '+' combination such as 'phash+dhash'"
     if not isinstance(method, str) or not method:
-        raise ValueError(f"method={method!r} is not a hash method; use one of "
-                         f"{', '.join(map(repr, HASH_METHODS))} or a '+' combination such as 'phash+dhash'")
+        raise ValueError(f"method={method!r} is not a hash method; use one of {known}")
     parts = tuple(method.split("+"))
-    bad = [p for p in parts if p not in HASH_METHODS]
+    bad = [p for p in parts if p not in _ALL_METHODS]
     if bad:
-        raise ValueError(f"method={method!r} is not a hash method ({bad[0]!r} is unknown); use one of "
-                         f"{', '.join(map(repr, HASH_METHODS))} or a '+' combination such as 'phash+dhash'")
+        raise ValueError(f"method={method!r} is not a hash method ({bad[0]!r} is unknown); use one of {known}")
     if len(set(parts)) != len(parts):
         raise ValueError(f"method={method!r} names a hash twice; each part of a composite code counts once "
                          f"(e.g. 'phash+dhash')")
+    fitted = [p for p in parts if p in FITTED_METHODS]
+    if fitted and len(parts) > 1:
+        raise ValueError(f"method={method!r} puts {fitted[0]!r} in a composite code, but its codes live in a space "
+                         f"fitted to the data, not in fixed bits; use method={fitted[0]!r} alone")
     return parts
 
 
@@ -85,6 +94,9 @@ def check_hash_size(hash_size: Any, method: str | None = None) -> int:
     parts = method_parts(method) if method is not None else ()
     if "whash" in parts and size & (size - 1):
         raise ValueError(f"hash_size={hash_size!r} must be a power of 2 for whash (2, 4, 8, 16, ...)")
+    if parts and parts[0] in FITTED_METHODS and ((size * size) % 64 or size > 32):
+        raise ValueError(f"hash_size={hash_size!r} gives {size * size}-bit codes, but {method} codes are whole "
+                         f"64-bit words up to 1024 bits: use hash_size 8 (64 bits), 16 (256), 24 (576) or 32 (1024)")
     if len(parts) > 1 and (size * size) % 64:
         raise ValueError(f"hash_size={hash_size!r} gives {size * size}-bit parts, but the parts of the composite "
                          f"code {method!r} must fill whole 64-bit words: use hash_size 8 or 16")

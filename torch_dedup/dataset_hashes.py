@@ -24,6 +24,8 @@ import numpy as np
 
 from ._checks import check_int
 from .errors import DedupError, ImageDecodeError
+from .dataset_fits import with_fit
+from .hashing import check_fit
 from .hashing.api import HashResult, hash_array, hash_bits, hash_images
 from .options import DedupOptions
 from .sidecar import Sidecar, hash_environment, library_versions, load_or_none, sidecar_file, sidecar_name, write_sidecar
@@ -74,13 +76,16 @@ def decode_mode(source: ImageSource, fast_decode: bool) -> str:
     return "fast_decode" if fast_decode and source.kind != "array" else "exact"
 
 
-def _expect(source: ImageSource, method: str, hash_size: int, decode: str) -> dict:
-    return {"fingerprint": source.fingerprint, "method": method, "hash_size": int(hash_size), "decode": decode,
-            "count": source.n, "hash_env": hash_environment()}
+def _expect(source: ImageSource, method: str, hash_size: int, decode: str, fit=None) -> dict:
+    out = {"fingerprint": source.fingerprint, "method": method, "hash_size": int(hash_size), "decode": decode,
+           "count": source.n, "hash_env": hash_environment()}
+    if fit is not None:
+        out["fit"] = fit.fingerprint
+    return out
 
 
 def sidecar_for(source: ImageSource, method: str = "phash", hash_size: int = 8, *, decode: str = "exact",
-                cache_dir: str | os.PathLike | None | bool = None) -> Path | None:
+                cache_dir: str | os.PathLike | None | bool = None, fit=None) -> Path | None:
     """Where the sidecar of ``source`` with these settings lives, or ``None`` when it is not cached.
 
     Args:
@@ -92,6 +97,8 @@ def sidecar_for(source: ImageSource, method: str = "phash", hash_size: int = 8, 
             when writable (for an ``ImageFolder``, whose sub-folders are all classes, a hidden
             file ``<root>/.torch_dedup-<name>`` instead), else ``$TORCH_DEDUP_CACHE``, else
             ``~/.cache/torch_dedup``.
+        fit: the fit of a fitted method (``colour_dct``): codes of another fit are other
+            codes, so its fingerprint is part of the name.
 
     Returns:
         The path, or ``None`` when caching is off or the source has no fingerprint.
@@ -107,23 +114,24 @@ def sidecar_for(source: ImageSource, method: str = "phash", hash_size: int = 8, 
         return None
     if cache_dir is True:
         cache_dir = None
-    return sidecar_file(sidecar_name(source.fingerprint, method, int(hash_size), decode), source.root, cache_dir,
+    key = source.fingerprint if fit is None else f"{source.fingerprint}\0fit={fit.fingerprint}"
+    return sidecar_file(sidecar_name(key, method, int(hash_size), decode), source.root, cache_dir,
                         class_folders=source.class_folders)
 
 
 def load_cached(path: str | os.PathLike | None, source: ImageSource, method: str, hash_size: int,
-                decode: str = "exact") -> Sidecar | None:
+                decode: str = "exact", fit=None) -> Sidecar | None:
     """The sidecar at ``path`` if it exists and was made for ``source`` and these settings, else ``None``.
 
     A corrupt or stale file logs a WARNING naming it and the reason (then the caller recomputes).
     """
     if path is None:
         return None
-    return load_or_none(path, _expect(source, method, hash_size, decode))
+    return load_or_none(path, _expect(source, method, hash_size, decode, fit))
 
 
 def store_cached(path: str | os.PathLike | None, result: HashResult, source: ImageSource, method: str,
-                 hash_size: int, decode: str = "exact") -> Path | None:
+                 hash_size: int, decode: str = "exact", fit=None) -> Path | None:
     """Write ``result`` as the sidecar of ``source``; a failure to write is a WARNING, not an error.
 
     Returns:
@@ -132,6 +140,8 @@ def store_cached(path: str | os.PathLike | None, result: HashResult, source: Ima
     if path is None:
         return None
     extra = {"hash_env": hash_environment(), "source": source.description, "kind": source.kind}
+    if fit is not None:
+        extra["fit"] = fit.fingerprint
     try:
         return write_sidecar(path, np.asarray(result.hashes), np.asarray(result.valid), result.failures,
                              method=method, hash_size=int(hash_size), fingerprint=source.fingerprint,
@@ -160,7 +170,7 @@ def _item_source(source: str, index: int | None) -> str:
 
 
 def _hash_one_by_one(images: list, items: np.ndarray, method: str, hash_size: int, on_error: str,
-                     fast_decode: bool) -> HashResult:
+                     fast_decode: bool, fit=None) -> HashResult:
     """Hash ``images`` singly; ``items`` are their dataset indices (for errors). Failures use batch positions."""
     hashes = _empty_hashes(method, hash_size, len(images))
     valid = np.zeros(len(images), dtype=bool)
@@ -168,7 +178,7 @@ def _hash_one_by_one(images: list, items: np.ndarray, method: str, hash_size: in
     for j, img in enumerate(images):
         i = int(items[j])
         try:
-            one = hash_images([img], method, hash_size, on_error="raise", fast_decode=fast_decode)
+            one = hash_images([img], method, hash_size, on_error="raise", fast_decode=fast_decode, fit=fit)
         except (ImageDecodeError, ValueError) as exc:
             reason = exc.reason if isinstance(exc, ImageDecodeError) else f"{type(exc).__name__}: {exc}"
             source = _item_source(exc.source, i) if isinstance(exc, ImageDecodeError) else f"item {i}"
@@ -181,7 +191,8 @@ def _hash_one_by_one(images: list, items: np.ndarray, method: str, hash_size: in
     return HashResult(hashes=hashes, valid=valid, failures=tuple(failures), method=method, hash_size=int(hash_size))
 
 
-def _check_repeatable(source: ImageSource, images: list, items: list[int], method: str, hash_size: int) -> None:
+def _check_repeatable(source: ImageSource, images: list, items: list[int], method: str, hash_size: int,
+                      fit=None) -> None:
     """Read ``items`` a second time; an image that hashes differently means the reads are random.
 
     Raises:
@@ -190,7 +201,7 @@ def _check_repeatable(source: ImageSource, images: list, items: list[int], metho
     for img, i in zip(images, items):
         try:
             again = source.item(i)
-            pair = hash_images([img, again], method, hash_size, on_error="raise", progress=False)
+            pair = hash_images([img, again], method, hash_size, on_error="raise", progress=False, fit=fit)
         except Exception:  # noqa: BLE001 - an unreadable item is reported by the hashing that follows
             continue
         first, second = np.asarray(pair.hashes)[0], np.asarray(pair.hashes)[1]
@@ -203,7 +214,7 @@ def _check_repeatable(source: ImageSource, images: list, items: list[int], metho
 
 
 def _hash_items(source: ImageSource, start: int, stop: int, method: str, hash_size: int, on_error: str,
-                workers: int, fast_decode: bool, progress: bool, batch_size: int
+                workers: int, fast_decode: bool, progress: bool, batch_size: int, fit=None
                 ) -> tuple[np.ndarray, np.ndarray, list]:
     hashes = _empty_hashes(method, hash_size, stop - start)
     valid = np.zeros(stop - start, dtype=bool)
@@ -221,16 +232,17 @@ def _hash_items(source: ImageSource, start: int, stop: int, method: str, hash_si
                         raise ImageDecodeError(f"item {i}", f"{type(exc).__name__}: {exc}", i) from exc
                     failures.append((i, f"item {i}", f"{type(exc).__name__}: {exc}"))
             if images and b0 == start:
-                _check_repeatable(source, images[:_PROBES], [start + w for w in where[:_PROBES]], method, hash_size)
+                _check_repeatable(source, images[:_PROBES], [start + w for w in where[:_PROBES]], method, hash_size,
+                                  fit)
             if images:
                 where = np.asarray(where, dtype=np.int64)
                 try:
                     res = hash_images(images, method, hash_size, on_error=on_error, workers=workers,
-                                      fast_decode=fast_decode, progress=False)
+                                      fast_decode=fast_decode, progress=False, fit=fit)
                 except (ImageDecodeError, ValueError):
                     # Some item cannot be hashed (an unreadable image, an empty or odd array);
                     # redo this batch one by one so the failure is pinned to its item.
-                    res = _hash_one_by_one(images, where + start, method, hash_size, on_error, fast_decode)
+                    res = _hash_one_by_one(images, where + start, method, hash_size, on_error, fast_decode, fit)
                 hashes[where] = res.hashes
                 valid[where] = res.valid
                 failures.extend((int(where[j]) + start, _item_source(src, int(where[j]) + start), why)
@@ -242,7 +254,8 @@ def _hash_items(source: ImageSource, start: int, stop: int, method: str, hash_si
 
 def hash_source_range(source: ImageSource, start: int = 0, stop: int | None = None, method: str = "phash",
                       hash_size: int = 8, *, on_error: str = "raise", workers: int | None = None,
-                      fast_decode: bool = False, progress: bool = False, batch_size: int = _BATCH) -> HashResult:
+                      fast_decode: bool = False, progress: bool = False, batch_size: int = _BATCH,
+                      fit=None) -> HashResult:
     """Hash items ``start..stop-1`` of a source (one rank's share under DDP).
 
     Args:
@@ -259,6 +272,7 @@ def hash_source_range(source: ImageSource, start: int = 0, stop: int | None = No
         fast_decode: JPEG draft decoding for files (faster, changes some bits).
         progress: show a tqdm bar.
         batch_size: items per vectorised batch.
+        fit: the fit of a fitted method (``colour_dct``), the same on every rank.
 
     Returns:
         A ``HashResult`` of ``stop - start`` rows whose ``failures`` carry *absolute* item
@@ -277,7 +291,8 @@ def hash_source_range(source: ImageSource, start: int = 0, stop: int | None = No
     stop = source.n if stop is None else stop
     if not 0 <= start <= stop <= source.n:
         raise ValueError(f"range [{start}, {stop}) must satisfy 0 <= start <= stop <= n={source.n}")
-    DedupOptions(method=method, hash_size=hash_size, on_error=on_error, workers=workers)  # validates them
+    DedupOptions(method=method, hash_size=hash_size, on_error=on_error, workers=workers, fit=fit)  # validates them
+    check_fit(method, hash_size, fit)  # a fitted method must have its fit by now
     check_int("batch_size", batch_size, 1)
     failures: list = []
     if stop == start:
@@ -287,7 +302,7 @@ def hash_source_range(source: ImageSource, start: int = 0, stop: int | None = No
         with _progress_bar(stop - start, progress, "hashing arrays") as bar:
             for b0 in range(start, stop, batch_size):
                 b1 = min(stop, b0 + batch_size)
-                parts.append(np.asarray(hash_array(source.array_batch(b0, b1), method, hash_size)))
+                parts.append(np.asarray(hash_array(source.array_batch(b0, b1), method, hash_size, fit=fit)))
                 bar.update(b1 - b0)
         hashes, valid = np.concatenate(parts), np.ones(stop - start, dtype=bool)
     elif source.kind == "files":
@@ -296,7 +311,7 @@ def hash_source_range(source: ImageSource, start: int = 0, stop: int | None = No
                               # all cores by default: hash_images itself stays in this process below
                               # hashing.POOL_MIN_FILES files, the library's one pool threshold
                               workers=(os.cpu_count() or 1) if workers is None else int(workers),
-                              fast_decode=fast_decode, progress=progress, batch_size=batch_size)
+                              fast_decode=fast_decode, progress=progress, batch_size=batch_size, fit=fit)
         except ImageDecodeError as exc:  # its index counts from start: make it the dataset's
             if exc.index is None or start == 0:
                 raise
@@ -307,14 +322,14 @@ def hash_source_range(source: ImageSource, start: int = 0, stop: int | None = No
         # image_fn may return paths: decode them in workers only when asked to (pools cost seconds to start)
         hashes, valid, failures = _hash_items(source, start, stop, method, hash_size, on_error,
                                               0 if workers is None else int(workers), fast_decode, progress,
-                                              batch_size)
+                                              batch_size, fit)
     return HashResult(hashes=hashes, valid=valid, failures=tuple(failures), method=method, hash_size=int(hash_size))
 
 
 def hash_dataset(ds, method: str = "phash", hash_size: int = 8, *, image_fn: Callable[[int], Any] | None = None,
                  cache_dir: str | os.PathLike | None | bool = None, on_error: str = "raise",
                  workers: int | None = None, fast_decode: bool = False, progress: bool = True,
-                 refresh: bool = False, fingerprint: str | None = None) -> DatasetHashes:
+                 refresh: bool = False, fingerprint: str | None = None, fit=None) -> DatasetHashes:
     """Perceptual hashes of every item of a map-style dataset, computed once and then read from a sidecar.
 
     In one process; under DDP, :func:`torch_dedup.planning.plan_dataset` (and the sampler)
@@ -336,6 +351,8 @@ def hash_dataset(ds, method: str = "phash", hash_size: int = 8, *, image_fn: Cal
         refresh: ignore an existing sidecar, recompute and rewrite it.
         fingerprint: a string identifying the data; needed to cache ``image_fn``/``ds[i]``
             datasets (they have no cheap automatic fingerprint), mixed in for the others.
+        fit: for ``method="colour_dct"``: the fit to code with; ``None`` fits on ``ds`` once
+            (stored beside its sidecars, :mod:`torch_dedup.dataset_fits`).
 
     Returns:
         A :class:`DatasetHashes`.
@@ -354,7 +371,7 @@ def hash_dataset(ds, method: str = "phash", hash_size: int = 8, *, image_fn: Cal
     """
     options = DedupOptions(method=method, hash_size=hash_size, image_fn=image_fn, cache_dir=cache_dir,
                            on_error=on_error, workers=workers, fast_decode=fast_decode, progress=progress,
-                           refresh=refresh, fingerprint=fingerprint)
+                           refresh=refresh, fingerprint=fingerprint, fit=fit)
     return hash_dataset_with(ds, options)
 
 
@@ -449,27 +466,35 @@ def look_up_hashes(ds, options: DedupOptions) -> HashLookup:
 
     Raises:
         TypeError: ``ds`` cannot be read as images (see :func:`~torch_dedup.sources.source_of`).
+        ValueError: a fitted method without its fit (call :func:`~torch_dedup.dataset_fits.with_fit` first).
     """
+    check_fit(options.method, options.hash_size, options.fit)
     source = source_of(ds, options.image_fn, fingerprint=options.fingerprint)
     decode = decode_mode(source, options.fast_decode)
+    fit = options.fit
     meta = {"method": options.method, "hash_size": options.hash_size, "decode": decode,
             "fingerprint": source.fingerprint, "source": source.description, "dataset": type(ds).__name__,
             "n": source.n, "versions": library_versions()}
+    if fit is not None:
+        meta["fit"] = fit.fingerprint
     base = source.base
     if base is not None and base.fingerprint is not None and options.cache_dir is not False:
-        path = sidecar_for(base, options.method, options.hash_size, decode=decode, cache_dir=options.cache_dir)
-        cached = None if options.refresh else load_cached(path, base, options.method, options.hash_size, decode)
+        path = sidecar_for(base, options.method, options.hash_size, decode=decode, cache_dir=options.cache_dir,
+                           fit=fit)
+        cached = None if options.refresh else load_cached(path, base, options.method, options.hash_size, decode,
+                                                          fit)
         if cached is not None or _base_is_worth_hashing(source, base):
             return HashLookup(base, decode, path, {**meta, "base": base.description}, cached, view=source)
         logger.info("%s holds %d of the %d items of %s, which has no sidecar yet: hashing only those items, "
                     "uncached. Run hash_dataset on the whole dataset once to cache every subset of it.",
                     source.description, source.n, base.n, base.description)
         return HashLookup(source, decode, None, meta, None)
-    path = sidecar_for(source, options.method, options.hash_size, decode=decode, cache_dir=options.cache_dir)
+    path = sidecar_for(source, options.method, options.hash_size, decode=decode, cache_dir=options.cache_dir,
+                       fit=fit)
     if path is None and options.cache_dir is not False:
         logger.info("%s has no cheap content fingerprint; its hashes are not cached. Pass fingerprint='...' "
                     "(a string that changes when the data does) to cache them.", source.description)
-    cached = None if options.refresh else load_cached(path, source, options.method, options.hash_size, decode)
+    cached = None if options.refresh else load_cached(path, source, options.method, options.hash_size, decode, fit)
     return HashLookup(source, decode, path, meta, cached)
 
 
@@ -479,6 +504,7 @@ def hash_dataset_with(ds, options: DedupOptions) -> DatasetHashes:
     Raises:
         As :func:`hash_dataset`.
     """
+    options = with_fit(ds, options)  # a fitted method's fit first: the sidecar is keyed on it
     found = look_up_hashes(ds, options)
     if found.cached is not None:
         logger.debug("sidecar hit: %s", found.path)
@@ -488,6 +514,7 @@ def hash_dataset_with(ds, options: DedupOptions) -> DatasetHashes:
     on_error = "skip" if found.view is not None else options.on_error
     res = hash_source_range(found.source, 0, found.source.n, options.method, options.hash_size,
                             on_error=on_error, workers=options.workers, fast_decode=options.fast_decode,
-                            progress=options.progress)
-    written = store_cached(found.path, res, found.source, options.method, options.hash_size, found.decode)
+                            progress=options.progress, fit=options.fit)
+    written = store_cached(found.path, res, found.source, options.method, options.hash_size, found.decode,
+                           options.fit)
     return found.computed(res, written, options.on_error)

@@ -22,12 +22,15 @@ from typing import Any, Callable
 import numpy as np
 import torch.distributed as dist
 
+from .dataset_fits import dataset_fit, fit_file_for, fit_source, load_fit, needs_fit
 from .dataset_hashes import DatasetHashes, hash_source_range, look_up_hashes, store_cached
 from .errors import DedupError, EmptyDedupError, ImageDecodeError
+from .hashing import ColourDctFit
 from .hashing.api import HashResult
 from .options import DedupOptions
 
-__all__ = ["agree", "cores_per_rank", "hash_dataset_distributed", "hash_dataset_distributed_with", "is_distributed"]
+__all__ = ["agree", "cores_per_rank", "hash_dataset_distributed", "hash_dataset_distributed_with", "is_distributed",
+           "with_fit_distributed"]
 
 logger = logging.getLogger(__name__)
 
@@ -181,6 +184,7 @@ def hash_dataset_distributed_with(ds, options: DedupOptions, group=None) -> Data
     if not (dist.is_available() and dist.is_initialized()):
         raise RuntimeError("hash_dataset_distributed needs torch.distributed initialised "
                            "(dist.init_process_group); use torch_dedup.hash_dataset in one process")
+    options = with_fit_distributed(ds, options, group)
     world, rank = dist.get_world_size(group), dist.get_rank(group)
     t0 = time.perf_counter()
     found, error = None, None
@@ -219,7 +223,8 @@ def hash_dataset_distributed_with(ds, options: DedupOptions, group=None) -> Data
         on_error = "skip" if found.view is not None else options.on_error
         part = hash_source_range(source, start, stop, options.method, options.hash_size, on_error=on_error,
                                  workers=_default_workers(group) if options.workers is None else options.workers,
-                                 fast_decode=options.fast_decode, progress=options.progress and rank == 0)
+                                 fast_decode=options.fast_decode, progress=options.progress and rank == 0,
+                                 fit=options.fit)
     except Exception as exc:  # noqa: BLE001 - re-raised below on every rank, never swallowed
         error = exc
     parts = _gather((None, None, None, _portable(error)) if error is not None
@@ -232,7 +237,8 @@ def hash_dataset_distributed_with(ds, options: DedupOptions, group=None) -> Data
     written, error = None, None
     if rank == 0:
         try:
-            written = store_cached(found.path, result, source, options.method, options.hash_size, found.decode)
+            written = store_cached(found.path, result, source, options.method, options.hash_size, found.decode,
+                                   options.fit)
         except Exception as exc:  # noqa: BLE001 - sent to every rank below, so none waits forever
             error = exc
     box = [(None if written is None else str(written), None if error is None else _portable(error))]
@@ -242,3 +248,47 @@ def hash_dataset_distributed_with(ds, options: DedupOptions, group=None) -> Data
     logger.debug("rank %d hashed items [%d, %d) of %d in %.2f s", rank, start, stop, source.n,
                  time.perf_counter() - t0)
     return found.computed(result, None if box[0][0] is None else Path(box[0][0]), options.on_error)
+
+
+def _root_src(group) -> int:
+    return dist.get_global_rank(group, 0) if group is not None else 0
+
+
+def with_fit_distributed(ds, options: DedupOptions, group=None) -> DedupOptions:
+    """:func:`~torch_dedup.dataset_fits.with_fit` for a process group: one fit, the same on every rank.
+
+    A collective (call it on every rank). When every rank reads the same valid fit file,
+    each uses it; otherwise rank 0 reads or makes the fit (and stores it), and sends its
+    arrays to the other ranks, who rebuild it (its fingerprint is checked on rebuild). A
+    failure on rank 0 is raised on every rank. Unchanged options when no fit is needed.
+
+    Raises:
+        As :func:`~torch_dedup.dataset_fits.dataset_fit`, on every rank.
+    """
+    if not needs_fit(options):
+        return options
+    mine, error = None, None
+    try:
+        source = fit_source(ds, options)
+        mine = None if options.refresh else load_fit(fit_file_for(source, options), source, options)
+    except Exception as exc:  # noqa: BLE001 - re-raised below on every rank, never swallowed
+        error = exc
+    seen = _gather((None if mine is None else mine.fingerprint, None if error is None else _portable(error)), group)
+    _raise_if_any_failed([e for _, e in seen], error, "reading the fit")
+    prints = {p for p, _ in seen}
+    if None not in prints and len(prints) == 1:
+        return options.replace(fit=mine)
+    box: list = [None]
+    if dist.get_rank(group) == 0:
+        try:
+            fit = dataset_fit(ds, options)
+            box = [("fit", fit.to_arrays())]
+        except Exception as exc:  # noqa: BLE001 - sent to every rank below, so none waits forever
+            error = exc
+            box = [("error", _portable(exc))]
+    dist.broadcast_object_list(box, src=_root_src(group), group=group)
+    kind, payload = box[0]
+    if kind == "error":
+        raise _rebuild(payload, 0, f"fitting {options.method}") from error
+    arrays, meta = payload
+    return options.replace(fit=ColourDctFit.from_arrays(arrays, meta))

@@ -18,6 +18,7 @@ from dataclasses import dataclass, fields
 from typing import Any, Callable
 
 from ._checks import (
+    FITTED_METHODS,
     check_bool,
     check_choice,
     check_hash_size,
@@ -29,6 +30,7 @@ from ._checks import (
     method_bits,
 )
 from .hamming.cluster import DEFAULT_MEMORY_LIMIT
+from .hashing import check_fit
 from .plan import POLICIES
 
 __all__ = ["DedupOptions", "option_names", "options_from"]
@@ -41,10 +43,17 @@ class DedupOptions:
     Attributes:
         threshold: items within this many differing bits are near-duplicates; it counts
             bits of the whole hash, so scale it with ``hash_size`` (``[0, hash_size**2]``).
-        method: ``"phash"`` (default), ``"dhash"``, ``"ahash"``, ``"whash"``, or a composite
+        method: ``"phash"`` (default), ``"dhash"``, ``"ahash"``, ``"whash"``, a composite
             code of several joined by ``+`` (``"phash+dhash"``: one decode, concatenated bits,
-            the summed Hamming distance).
-        hash_size: hash side (8: 64-bit hashes, 16: 256-bit).
+            the summed Hamming distance), or ``"colour_dct"``: whitened colour DCT codes,
+            fitted once on the dataset (see ``fit``) and finding more near-duplicates
+            (docs/hashing.md, "Which method").
+        hash_size: hash side (8: 64-bit hashes, 16: 256-bit); ``colour_dct`` codes have
+            ``hash_size**2`` bits too (8, 16, 24 or 32).
+        fit: for ``method="colour_dct"``, the :class:`~torch_dedup.hashing.ColourDctFit`
+            to code with; ``None`` (default) fits on the dataset once and stores the fit
+            beside its sidecars (``against=`` sets are always coded with the dataset's fit).
+            Pass a fit to code several datasets in one space you chose.
         policy: ``"greedy"`` (no two kept items within the threshold) or ``"components"``
             (one item per connected component).
         per_class: only items with the same label can be duplicates of each other
@@ -98,10 +107,15 @@ class DedupOptions:
     sweep_max: int | None = None
     leak_pairs: bool = False
     memory_limit: int | None = DEFAULT_MEMORY_LIMIT
+    fit: Any = None
 
     def __post_init__(self) -> None:
         check_method(self.method)
         check_hash_size(self.hash_size, self.method)
+        check_fit(self.method, int(self.hash_size), self.fit, required=False)
+        if self.fast_decode and self.method in FITTED_METHODS:
+            raise ValueError(f"fast_decode=True applies to the imagehash methods; method={self.method!r} decodes "
+                             f"images fully (its fit and codes are made from exact pixels). Drop fast_decode.")
         bits = self.bits
         check_threshold(self.threshold, bits, self.method)
         check_choice("policy", self.policy, POLICIES)
@@ -156,8 +170,11 @@ class DedupOptions:
 
     def settings(self) -> dict[str, Any]:
         """The JSON-able settings that decide a plan (what a saved plan records and is compared on)."""
-        return {"threshold": self.threshold, "method": self.method, "hash_size": self.hash_size,
-                "policy": self.policy, "per_class": self.per_class, "fast_decode": self.fast_decode}
+        out = {"threshold": self.threshold, "method": self.method, "hash_size": self.hash_size,
+               "policy": self.policy, "per_class": self.per_class, "fast_decode": self.fast_decode}
+        if self.fit is not None:
+            out["fit"] = self.fit.fingerprint
+        return out
 
 
 def _is_default(value: Any, default: Any) -> bool:

@@ -27,6 +27,7 @@ from typing import Any, Sequence
 
 import numpy as np
 
+from .dataset_fits import with_fit
 from .dataset_hashes import DatasetHashes, hash_dataset_with
 from .errors import EmptyDedupError
 from .hamming.cluster import DEFAULT_MEMORY_LIMIT, find_duplicates
@@ -62,6 +63,14 @@ def _hasher(distributed: bool, group):
         return hash_dataset_with
     from .distributed_hashing import hash_dataset_distributed_with
     return lambda ds, options: hash_dataset_distributed_with(ds, options, group)
+
+
+def _fitter(distributed: bool, group):
+    """The fitting function of this call (a no-op for the unfitted methods): once for the group, or here."""
+    if not distributed:
+        return with_fit
+    from .distributed_hashing import with_fit_distributed
+    return lambda ds, options: with_fit_distributed(ds, options, group)
 
 
 def _together(collective: bool, group):
@@ -133,6 +142,9 @@ def plan_with(ds, options: DedupOptions, *, distributed: bool | str = "auto", gr
     labels = options.labels if options.labels is not None else (None if collective else labels_of(ds))
     if not collective:
         labels = check_labels(labels, len(ds), options.per_class, type(ds).__name__)
+    # A fitted method's fit is made once, on this dataset, before anything is hashed: the
+    # dataset and its against= sets are then coded in the same space.
+    options = _fitter(collective, group)(ds, options)
     dh = hasher(ds, options)
     # Under DDP every rank runs the steps below by itself on the shared hashes; a failure on
     # one rank (a priority= that raises, out of memory) must reach every rank, never leave
@@ -384,6 +396,9 @@ def _check_plan_settings(plan: DedupPlan, options: DedupOptions) -> None:
             "method": plan.settings.get("method"), "hash_size": plan.settings.get("hash_size")}
     clash = [f"{k}={getattr(options, k)!r} (the plan has {v!r})" for k, v in made.items()
              if v is not None and getattr(options, k) != getattr(defaults, k) and getattr(options, k) != v]
+    if options.fit is not None and plan.provenance.get("fit") != options.fit.fingerprint:
+        clash.append(f"fit= with fingerprint {options.fit.fingerprint} (the plan was coded with "
+                     f"{plan.provenance.get('fit')!r})")
     if clash:
         raise ValueError(f"plan= was made with other settings than the ones given: {'; '.join(clash)}. A given plan "
                          f"is followed as it is: drop those settings, or drop plan= to plan with them.")

@@ -59,7 +59,9 @@ def add_hashing_args(p: argparse.ArgumentParser, *, workers_help: str, on_error_
     """--method, --hash-size, --workers and --on-error: shared by the dataset commands and ``wds``."""
     p.add_argument("--method", type=_method_arg, default="phash", metavar="METHOD",
                    help=f"perceptual hash: {', '.join(METHODS)}, or a composite code joined by '+' such as "
-                        f"phash+dhash (one decode, summed distance; hash size 8 or 16) (default phash)")
+                        f"phash+dhash (one decode, summed distance; hash size 8 or 16), or colour_dct (whitened "
+                        f"colour DCT codes fitted on the target; use --hash-size 16 --threshold 24; see "
+                        f"docs/hashing.md) (default phash)")
     p.add_argument("--hash-size", type=int, default=8, help="hash side: 8 = 64 bits (default), 16 = 256 bits")
     p.add_argument("--workers", type=int, default=None, help=workers_help)
     p.add_argument("--on-error", choices=("raise", "skip"), default="raise", help=on_error_help)

@@ -17,10 +17,11 @@ from dataclasses import dataclass
 import numpy as np
 from PIL import Image
 
-from torch_dedup._checks import (HASH_METHODS, check_hash_size, check_int, check_method, check_on_error, method_bits,
+from torch_dedup._checks import (FITTED_METHODS, HASH_METHODS, check_hash_size, check_int, check_method, check_on_error, method_bits,
                                  method_parts)
 from torch_dedup.errors import ImageDecodeError
 from torch_dedup.hashing._decode import hash_files, prepare_pil
+from torch_dedup.hashing._fitted import check_fit, fitted_codes
 from torch_dedup.hashing._inputs import (
     is_torch_tensor,
     tensor_to_numpy,
@@ -152,7 +153,7 @@ def from_hex(hexes: Iterable[str], hash_size: int = 8) -> np.ndarray:
     return words[:, 0] if words.shape[1] == 1 else words
 
 
-def hash_array(images: np.ndarray, method: str = "phash", hash_size: int = 8) -> np.ndarray:
+def hash_array(images: np.ndarray, method: str = "phash", hash_size: int = 8, *, fit=None) -> np.ndarray:
     """Hash a stacked ``uint8`` array of images (the fast, vectorised path).
 
     Args:
@@ -161,6 +162,8 @@ def hash_array(images: np.ndarray, method: str = "phash", hash_size: int = 8) ->
         method: ``"ahash"``, ``"dhash"``, ``"phash"`` or ``"whash"``, or a composite code
             such as ``"phash+dhash"`` (the parts' words side by side).
         hash_size: 8 (64-bit hashes) or 16 (256-bit); any size >= 2 imagehash supports.
+        fit: for ``method="colour_dct"``, the :class:`~torch_dedup.hashing.ColourDctFit`
+            whose space the codes live in (``hash_size**2`` bits); ``None`` for the others.
 
     Returns:
         Packed ``uint64`` hashes: ``(N,)`` for up to 64 bits, else ``(N, W)``.
@@ -175,8 +178,11 @@ def hash_array(images: np.ndarray, method: str = "phash", hash_size: int = 8) ->
         ((10,), dtype('uint64'))
     """
     _check_method(method, hash_size)
+    check_fit(method, hash_size, fit)
     if not isinstance(images, np.ndarray):
         raise ValueError(f"images must be a numpy ndarray, got {type(images).__name__}; use hash_images for other inputs")
+    if method in FITTED_METHODS:
+        return _shape_words(fitted_codes(validate_stack(images), method, hash_size, fit)[0])
     words = hash_stack(validate_stack(images), method, hash_size)
     return _shape_words(words)
 
@@ -191,6 +197,7 @@ def hash_images(
     fast_decode: bool = False,
     progress: bool = False,
     batch_size: int = 4096,
+    fit=None,
 ) -> HashResult:
     """Perceptual hashes of many images, bit for bit equal to imagehash.
 
@@ -215,6 +222,12 @@ def hash_images(
             imagehash, see docs/hashing.md).
         progress: show a tqdm progress bar.
         batch_size: items handled per step (bounds memory).
+        fit: for ``method="colour_dct"`` (whitened colour DCT codes, not imagehash's),
+            the :class:`~torch_dedup.hashing.ColourDctFit` made once on the dataset
+            (:func:`~torch_dedup.hashing.fit_colour_dct_images`) and used for every set
+            compared with it; its ``bits`` must be ``hash_size**2``. Files are decoded in
+            this process for colour_dct (``workers`` and ``fast_decode`` do not apply).
+            ``None`` for the other methods.
 
     Returns:
         A :class:`HashResult`.
@@ -233,6 +246,11 @@ def hash_images(
     check_on_error(on_error)
     workers = check_int("workers", workers, 0, hint="0 decodes in this process")
     batch_size = check_int("batch_size", batch_size, 1)
+    check_fit(method, hash_size, fit)
+    if method in FITTED_METHODS:
+        words, valid, failures = fitted_codes(images, method, hash_size, fit, on_error=on_error,
+                                              progress=progress, batch_size=batch_size)
+        return _result(words, valid, failures, method, hash_size)
     if isinstance(images, np.ndarray):
         words = hash_stack(validate_stack(images), method, hash_size, progress=progress)
         return _result(words, np.ones(len(words), bool), (), method, hash_size)

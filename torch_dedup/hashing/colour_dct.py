@@ -46,7 +46,7 @@ from torch_dedup.hashing._pack import packed_words
 
 __all__ = [
     "COLOUR_DCT_DIMS", "COLOUR_DCT_VERSION", "ColourDctFit", "DEFAULT_THRESHOLD", "colour_dct_features",
-    "cosine_for_threshold", "fit_colour_dct", "threshold_for_cosine",
+    "cosine_for_threshold", "fit_colour_dct", "fit_colour_dct_images", "threshold_for_cosine",
 ]
 
 #: Names the feature definition (size, colour transform, resample, DCT block). Stored with
@@ -536,6 +536,23 @@ def fit_colour_dct(features, *, bits: int = 256, power: float = 0.75, seed: int 
     planes = np.random.default_rng(seed).standard_normal((COLOUR_DCT_DIMS, bits), dtype=np.float32)
     return ColourDctFit(centre=centre.astype(np.float32), scale=scale.astype(np.float32), planes=planes,
                         bits=bits, power=power, seed=seed, n_fit=f.shape[0], chroma_weight=chroma_weight)
+
+
+def fit_colour_dct_images(images, *, bits: int = 256, seed: int = 0) -> ColourDctFit:
+    """Fit colour DCT codes on a sample of a dataset's images (what the library calls).
+
+    Args:
+        images: what :func:`colour_dct_features` accepts; a seeded sample of the dataset
+            (the library passes at most 20,000 images).
+        bits: code length, a multiple of 64 in [64, 1024].
+        seed: seed of the fit.
+
+    Returns:
+        A :class:`ColourDctFit`.
+    """
+    bits = _check_bits(bits)
+    seed = check_int("seed", seed, 0, 2**63 - 1)
+    return fit_colour_dct(colour_dct_features(images), bits=bits, seed=seed)
 
 
 # --------------------------------------------------------------------------- thresholds
