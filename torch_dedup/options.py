@@ -50,6 +50,18 @@ class DedupOptions:
             (docs/hashing.md, "Which method").
         hash_size: hash side (8: 64-bit hashes, 16: 256-bit); ``colour_dct`` codes have
             ``hash_size**2`` bits too (8, 16, 24 or 32).
+        embed: bring your own embedding (torch_dedup.embedding): a torch module or callable
+            mapping a batch ``(B, C, H, W)`` float tensor to ``(B, D)`` embeddings, run in
+            batches under ``torch.inference_mode``; its embeddings become seeded
+            random-hyperplane codes of ``hash_size**2`` bits fitted on the dataset (``against=``
+            sets are coded with the same fit), cached under the model's weights fingerprint.
+            ``threshold`` then stands for a cosine (``cos(pi * t / bits)``; see
+            ``threshold_for_cosine``). Leave ``method`` at its default. One process only.
+        embed_transform: ``transform(pil_image) -> CHW tensor`` for ``embed`` (default: RGB
+            in [0, 1]); give ``embed_fingerprint`` with it to cache the embeddings.
+        embed_device: where ``embed`` runs (``"cpu"``, ``"cuda"``, ...); the model is not moved.
+        embed_fingerprint: a string naming the model and transform (needed for a plain
+            callable, or to cache with a custom ``embed_transform``).
         fit: for ``method="colour_dct"``, the :class:`~torch_dedup.hashing.ColourDctFit`
             to code with; ``None`` (default) fits on the dataset once and stores the fit
             beside its sidecars (``against=`` sets are always coded with the dataset's fit).
@@ -108,11 +120,33 @@ class DedupOptions:
     leak_pairs: bool = False
     memory_limit: int | None = DEFAULT_MEMORY_LIMIT
     fit: Any = None
+    embed: Any = None
+    embed_transform: Any = None
+    embed_device: Any = "cpu"
+    embed_fingerprint: str | None = None
 
     def __post_init__(self) -> None:
         check_method(self.method)
         check_hash_size(self.hash_size, self.method)
         check_fit(self.method, int(self.hash_size), self.fit, required=False)
+        if self.embed is not None:
+            if not callable(self.embed):
+                raise ValueError(f"embed={self.embed!r} must be a torch module or a callable mapping a (B, C, H, W) "
+                                 f"image batch to (B, D) embeddings")
+            if self.method != "phash" or self.fit is not None or self.fast_decode:
+                raise ValueError(f"embed= gives the codes itself, so method={self.method!r}, fit= and fast_decode= do "
+                                 f"not apply; leave them at their defaults (the code length is hash_size**2 bits)")
+            if (self.hash_size * self.hash_size) % 64 or self.hash_size > 32:
+                raise ValueError(f"hash_size={self.hash_size!r} gives {self.hash_size ** 2}-bit embedding codes; "
+                                 f"use hash_size 8 (64 bits), 16 (256), 24 (576) or 32 (1024)")
+        elif (self.embed_transform, self.embed_device, self.embed_fingerprint) != (None, "cpu", None):
+            raise ValueError("embed_transform=, embed_device= and embed_fingerprint= apply to embed= only; pass "
+                             "embed=<your model> or drop them")
+        if self.embed_transform is not None and not callable(self.embed_transform):
+            raise ValueError(f"embed_transform={self.embed_transform!r} must be a callable pil_image -> CHW tensor")
+        if self.embed_fingerprint is not None and not isinstance(self.embed_fingerprint, str):
+            raise ValueError(f"embed_fingerprint={self.embed_fingerprint!r} must be a string naming the model and "
+                             f"transform")
         if self.fast_decode and self.method in FITTED_METHODS:
             raise ValueError(f"fast_decode=True applies to the imagehash methods; method={self.method!r} decodes "
                              f"images fully (its fit and codes are made from exact pixels). Drop fast_decode.")
@@ -174,6 +208,8 @@ class DedupOptions:
                "policy": self.policy, "per_class": self.per_class, "fast_decode": self.fast_decode}
         if self.fit is not None:
             out["fit"] = self.fit.fingerprint
+        if self.embed is not None:
+            out["method"] = "embed"
         return out
 
 

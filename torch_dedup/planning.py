@@ -29,6 +29,7 @@ import numpy as np
 
 from .dataset_fits import with_fit
 from .dataset_hashes import DatasetHashes, hash_dataset_with
+from .embedding import embed_dataset
 from .errors import EmptyDedupError
 from .hamming.cluster import DEFAULT_MEMORY_LIMIT, find_duplicates
 from .options import DedupOptions, option_names
@@ -142,10 +143,15 @@ def plan_with(ds, options: DedupOptions, *, distributed: bool | str = "auto", gr
     labels = options.labels if options.labels is not None else (None if collective else labels_of(ds))
     if not collective:
         labels = check_labels(labels, len(ds), options.per_class, type(ds).__name__)
-    # A fitted method's fit is made once, on this dataset, before anything is hashed: the
-    # dataset and its against= sets are then coded in the same space.
-    options = _fitter(collective, group)(ds, options)
-    dh = hasher(ds, options)
+    if options.embed is not None:
+        # the user's model: embedded here, and the against= sets coded with this dataset's fit
+        dh = _embedded(ds, options, collective)
+        hasher = lambda other_ds, other: _embedded(other_ds, other, collective, fit=dh.fit)  # noqa: E731
+    else:
+        # A fitted method's fit is made once, on this dataset, before anything is hashed: the
+        # dataset and its against= sets are then coded in the same space.
+        options = _fitter(collective, group)(ds, options)
+        dh = hasher(ds, options)
     # Under DDP every rank runs the steps below by itself on the shared hashes; a failure on
     # one rank (a priority= that raises, out of memory) must reach every rank, never leave
     # the others waiting in their next collective.
@@ -155,7 +161,8 @@ def plan_with(ds, options: DedupOptions, *, distributed: bool | str = "auto", gr
                                                len(dh), options.per_class, type(ds).__name__), "checking labels")
     against, against_prints = None, []
     if options.against is not None:
-        against, against_prints = _hashes_of_against(options.against, options, hasher)  # a collective itself
+        against, against_prints = _hashes_of_against(options.against, options, hasher,  # a collective itself
+                                                     dh.meta.get("fit_fingerprint"))
     plan = together(lambda: plan_from_hashes(dh, options.threshold, policy=options.policy,
                                              per_class=options.per_class, labels=labels, priority=options.priority,
                                              against=against, against_fingerprints=against_prints,
@@ -171,8 +178,27 @@ def plan_with(ds, options: DedupOptions, *, distributed: bool | str = "auto", gr
     return plan
 
 
-def _hashes_of_against(against, options: DedupOptions, hasher) -> tuple[np.ndarray, list]:
-    """``against`` (hashes, DatasetHashes, dataset, or a list of them) → valid hashes, fingerprints."""
+def _embedded(ds, options: DedupOptions, collective: bool, fit=None) -> DatasetHashes:
+    """``ds`` coded through ``options.embed`` (:func:`torch_dedup.embedding.embed_dataset`)."""
+    if collective:
+        raise ValueError(
+            "embed= runs in one process, and torch.distributed runs several here: plan once with "
+            "plan_dataset(ds, embed=..., distributed=False) on every rank (each embeds the whole dataset; the "
+            "same model on the same device gives the same plan) or on rank 0 and share the saved plan "
+            "(DedupPlan.save, then DedupSampler(ds, plan=path)); the other methods hash once across the ranks.")
+    return embed_dataset(ds, options.embed, transform=options.embed_transform, device=options.embed_device,
+                         bits=options.bits, fit=fit, image_fn=options.image_fn, fingerprint=options.fingerprint,
+                         embed_fingerprint=options.embed_fingerprint, cache_dir=options.cache_dir,
+                         on_error=options.on_error, progress=options.progress, refresh=options.refresh)
+
+
+def _hashes_of_against(against, options: DedupOptions, hasher, embed_fit: str | None = None
+                       ) -> tuple[np.ndarray, list]:
+    """``against`` (hashes, DatasetHashes, dataset, or a list of them) → valid hashes, fingerprints.
+
+    ``embed_fit``: with ``embed=``, the fingerprint of the dataset's fit, which a given
+    ``DatasetHashes`` must have been coded with.
+    """
     items = list(against) if isinstance(against, (list, tuple)) else [against]
     # the other sets are hashed like this one, but never filtered by this one's settings
     other = options.replace(labels=None, priority=None, against=None, image_fn=None, fingerprint=None,
@@ -184,6 +210,10 @@ def _hashes_of_against(against, options: DedupOptions, hasher) -> tuple[np.ndarr
             prints.append(None)
             continue
         dh = item if isinstance(item, DatasetHashes) else hasher(item, other)
+        if embed_fit is not None and dh.meta.get("fit_fingerprint") != embed_fit:
+            raise ValueError(f"against= holds hashes coded with embedding fit {dh.meta.get('fit_fingerprint')!r}, "
+                             f"but the dataset's codes use fit {embed_fit!r}: codes of two fits are not comparable. "
+                             f"Pass the other set itself (it is then coded with the dataset's fit)")
         parts.append(dh.hashes[dh.valid])
         prints.append(dh.fingerprint)
     widths = {p.shape[1:] for p in parts}

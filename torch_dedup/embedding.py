@@ -1,0 +1,906 @@
+"""Bring your own embedding: a model's image embeddings as seeded random-hyperplane codes (layer 3).
+
+Any ``torch.nn.Module`` or callable that maps a batch of images ``(B, C, H, W)`` to a batch of
+vectors becomes a near-duplicate signal that :mod:`torch_dedup.hamming` searches exactly, like
+a perceptual hash:
+
+1. :func:`embed_images` runs the model batched on the device the caller picks, under
+   ``torch.inference_mode()``, with the module switched to ``eval()`` for the call (and every
+   submodule's training flag restored afterwards, also on error).
+2. :func:`fit_embeddings` learns, once per dataset, the centre of its unit-length embeddings
+   and draws seeded Gaussian hyperplanes; :meth:`EmbeddingFit.codes` turns embeddings into
+   ``bits``-bit sign codes packed like every hash of the library. For random hyperplanes
+   ``hamming / bits`` estimates ``angle / pi`` between the centred vectors, so a Hamming
+   threshold is a cosine (:func:`torch_dedup.hashing.threshold_for_cosine`).
+3. :func:`embed_dataset` is compute-or-load for a dataset: the float32 embeddings are kept in a
+   checksummed sidecar keyed on the data's fingerprint, the model's weights fingerprint
+   (:func:`model_fingerprint`) and the transform, and the codes come back as a
+   :class:`~torch_dedup.dataset_hashes.DatasetHashes` that planning uses like phash hashes.
+
+Why centre: CNN features after a ReLU are all positive, so every pair of images has a large
+cosine and random hyperplanes through the origin split them into correlated bits; subtracting
+the dataset's mean direction spreads them around the origin. Why unit length first: a
+brightness or contrast change scales many features together, which should not count as a
+difference. See docs/embeddings.md.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import math
+import json
+import logging
+import os
+from collections.abc import Callable
+from contextlib import contextmanager
+from dataclasses import dataclass
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from PIL import Image
+
+from ._checks import check_bool, check_int, check_on_error
+from ._store import pack_strings, read_store, unpack_strings, write_store
+from .dataset_hashes import DatasetHashes
+from .errors import EmptyDedupError, ImageDecodeError, SidecarError
+from .sidecar import (
+    SIDECAR_SUFFIX,
+    hash_environment,
+    library_versions,
+    remove_stale_temp_files,
+    sidecar_file,
+)
+from .sources import source_of
+
+__all__ = ["DEFAULT_BITS", "EMBED_VERSION", "EmbeddingFit", "EmbeddingHashes", "embed_dataset", "embed_images",
+           "fit_embeddings", "model_fingerprint"]
+
+logger = logging.getLogger(__name__)
+
+#: Names everything between the model's output and the bits: the default transform, unit length,
+#: centring, the hyperplanes' generator, the packing. Stored with every fit and sidecar.
+EMBED_VERSION = "embed/1"
+#: Default code length.
+DEFAULT_BITS = 256
+_KIND = "embedding-sidecar"
+_DEFAULT_TRANSFORM = "rgb-to-tensor"  # torchvision's to_tensor of the RGB image: CHW float in [0, 1]
+_STEP = 4096  # rows per projection chunk (bounds the float64 copies)
+_FLOAT_SLACK = 1e-5  # as torch_dedup.hashing: a float tensor this far outside [0, 1] still converts
+_GREY_MODES = frozenset({"1", "L", "LA", "La", "I", "I;16", "I;16B", "I;16L", "I;16N", "F"})
+
+
+# --------------------------------------------------------------------------- fingerprints
+
+
+def _module_of(embed) -> torch.nn.Module | None:
+    """The module behind ``embed``: itself, or the owner of a bound method (``model.encode_image``)."""
+    if isinstance(embed, torch.nn.Module):
+        return embed
+    owner = getattr(embed, "__self__", None)
+    return owner if isinstance(owner, torch.nn.Module) else None
+
+
+def _tensor_bytes(t: torch.Tensor) -> bytes:
+    t = t.detach().to("cpu").contiguous().reshape(-1)
+    return t.view(torch.uint8).numpy().tobytes() if t.numel() else b""
+
+
+def model_fingerprint(embed, fingerprint: str | None = None) -> str:
+    """A digest that changes whenever the embedding's weights do (the key of its sidecars and fits).
+
+    For an ``nn.Module`` (or a method bound to one, such as ``model.encode_image``): BLAKE2b of
+    the class's qualified name, the method's name, the module's ``repr`` (its layers and their
+    settings) and every ``state_dict`` entry and buffer as name, dtype, shape and bytes. Code
+    the digest cannot see (a changed ``forward``) needs ``fingerprint=``, which is mixed in.
+    A plain callable has no weights to read: ``fingerprint=`` is required.
+
+    Args:
+        embed: the module or callable given as ``embed=``.
+        fingerprint: a string that changes whenever the model does (a checkpoint name and its
+            sha256, a version tag); required for a plain callable, mixed in for a module.
+
+    Returns:
+        32 hex digits.
+
+    Raises:
+        TypeError: ``embed`` is not callable.
+        ValueError: a plain callable without ``fingerprint=``, or an empty fingerprint.
+
+    Example:
+        >>> import torch
+        >>> net = torch.nn.Linear(4, 2)
+        >>> a = model_fingerprint(net)
+        >>> with torch.no_grad():
+        ...     net.weight[0, 0] += 1
+        >>> model_fingerprint(net) != a
+        True
+    """
+    if not callable(embed):
+        raise TypeError(f"embed={embed!r:.80} is not callable; pass a torch.nn.Module or a function "
+                        f"images (B, C, H, W) -> embeddings (B, D)")
+    if fingerprint is not None and (not isinstance(fingerprint, str) or not fingerprint):
+        raise ValueError(f"fingerprint={fingerprint!r} must be a non-empty string that changes whenever the model "
+                         f"does (e.g. the checkpoint's file name and sha256)")
+    h = hashlib.blake2b(digest_size=16)
+    h.update(f"{EMBED_VERSION}\0".encode())
+    module = _module_of(embed)
+    if module is None:
+        if fingerprint is None:
+            name = getattr(embed, "__qualname__", type(embed).__name__)
+            raise ValueError(f"embed={name} is a plain callable, whose weights cannot be read, so its embeddings "
+                             f"cannot be keyed on them: pass fingerprint='<a string that changes whenever the model "
+                             f"does>' (to embed_dataset: embed_fingerprint=), e.g. the checkpoint's name and sha256")
+        h.update(b"callable\0")
+    else:
+        cls = type(module)
+        method = "" if embed is module else getattr(embed, "__name__", "?")
+        h.update(f"{cls.__module__}.{cls.__qualname__}\0{method}\0{module!r}\0".encode())
+        state = module.state_dict()
+        # non-persistent buffers are not in the state dict, but they change the outputs all the same
+        entries = [*state.items(), *((f"buffer:{k}", v) for k, v in module.named_buffers() if k not in state)]
+        for name, value in entries:
+            if isinstance(value, torch.Tensor):
+                h.update(f"{name}\0{value.dtype}\0{tuple(value.shape)}\0".encode())
+                h.update(_tensor_bytes(value))
+            else:  # a module's extra state: whatever it chose to store
+                h.update(f"{name}\0{value!r}\0".encode())
+    if fingerprint is not None:
+        h.update(f"user\0{fingerprint}".encode())
+    return h.hexdigest()
+
+
+# --------------------------------------------------------------------------- images -> tensors
+
+
+def _array_rgb(arr: np.ndarray, what: str, stacked: bool = False) -> np.ndarray:
+    """uint8 ``(..., H, W[, C])`` pixels as RGB ``(..., H, W, 3)`` the way Pillow's ``convert("RGB")`` does."""
+    base = 3 if stacked else 2
+    if arr.dtype != np.uint8:
+        raise ValueError(f"{what} has dtype {arr.dtype}; expected uint8 pixels. Convert it, e.g. "
+                         f"(x * 255).round().astype(np.uint8)")
+    if arr.ndim == base:
+        arr = arr[..., None]
+    if arr.ndim != base + 1 or arr.shape[-1] not in (1, 2, 3, 4) or 0 in arr.shape[base - 2:base]:
+        layout = "(N, H, W[, C])" if stacked else "(H, W[, C])"
+        raise ValueError(f"{what} has shape {arr.shape}; expected {layout} with C in 1..4 and no empty side")
+    c = arr.shape[-1]
+    if c <= 2:  # L, LA: the grey level in all three channels
+        return np.repeat(arr[..., :1], 3, axis=-1)
+    return arr if c == 3 else arr[..., :3]  # RGBA: alpha dropped, not composited (as Pillow)
+
+
+def _tensor_pixels(t: torch.Tensor, what: str) -> np.ndarray:
+    """A CHW/HW tensor as HWC uint8, converted as torchvision's ``to_pil_image`` does."""
+    if t.dim() not in (2, 3):
+        raise ValueError(f"{what} is a tensor of shape {tuple(t.shape)}; expected (C, H, W) or (H, W)")
+    t = t.detach().to("cpu")
+    if t.is_floating_point():
+        lo, hi = (float(t.min()), float(t.max())) if t.numel() else (0.0, 1.0)
+        if not (lo >= -_FLOAT_SLACK and hi <= 1 + _FLOAT_SLACK):
+            raise ValueError(f"{what} is a float tensor with values in [{lo:.3g}, {hi:.3g}], outside [0, 1]: it "
+                             f"looks normalised. Pass the raw image (image_fn=) and the model's normalisation as "
+                             f"transform=")
+        t = t.mul(255).byte()
+    elif t.dtype != torch.uint8:
+        raise ValueError(f"{what} has dtype {t.dtype}; expected torch.uint8 or a float tensor in [0, 1]")
+    arr = t.numpy()
+    return arr.transpose(1, 2, 0) if arr.ndim == 3 else arr
+
+
+def _uint8_tensor(pixels: np.ndarray) -> torch.Tensor:
+    """A writable copy as a tensor (read-only arrays, e.g. a PIL image's, cannot back a tensor)."""
+    return torch.from_numpy(np.array(pixels, dtype=np.uint8, order="C"))
+
+
+def _pil_rgb(image: Image.Image) -> Image.Image:
+    if image.mode == "RGB":
+        return image
+    if image.mode in _GREY_MODES:
+        return image.convert("L").convert("RGB")
+    return image.convert("RGB")
+
+
+def _read_rgb(item: Any, what: str, as_pil: bool):
+    """One image as RGB: an ``(H, W, 3)`` uint8 array, or a PIL image when ``as_pil``.
+
+    Raises:
+        ImageDecodeError: a file or lazy PIL image that cannot be decoded.
+        ValueError: an input of the wrong type, dtype or shape.
+    """
+    if isinstance(item, (str, os.PathLike)):
+        path = os.fspath(item)
+        try:
+            with Image.open(path) as im:
+                rgb = _pil_rgb(im)
+                rgb.load()
+                return rgb if as_pil else np.asarray(rgb)
+        except Exception as exc:  # any decoder failure is this file's failure
+            raise ImageDecodeError(path, f"{type(exc).__name__}: {exc}") from exc
+    if isinstance(item, Image.Image):
+        try:
+            rgb = _pil_rgb(item)
+            return rgb if as_pil else np.asarray(rgb)
+        except Exception as exc:  # a broken lazy image
+            raise ImageDecodeError(what, f"{type(exc).__name__}: {exc}") from exc
+    if isinstance(item, torch.Tensor):
+        item = _tensor_pixels(item, what)
+    if isinstance(item, np.ndarray):
+        rgb = _array_rgb(item, what)
+        return Image.fromarray(np.ascontiguousarray(rgb)) if as_pil else rgb
+    raise ValueError(f"{what} has unsupported type {type(item).__name__}; expected a PIL image, a path, a uint8 "
+                     f"array (H, W[, C]) or a tensor (C, H, W)")
+
+
+def _device(device) -> torch.device:
+    try:
+        dev = torch.device(device)
+    except (RuntimeError, TypeError) as exc:
+        raise ValueError(f"device={device!r} is not a torch device ({exc}); pass 'cpu', 'cuda', 'cuda:1', 'mps' "
+                         f"or a torch.device") from None
+    if dev.type == "cuda" and not torch.cuda.is_available():
+        raise ValueError(f"device={device!r} but CUDA is not available here (torch.cuda.is_available() is False); "
+                         f"pass device='cpu'")
+    return dev
+
+
+def _input_dtype(module: torch.nn.Module | None, dev: torch.device) -> torch.dtype:
+    """The module's floating dtype (inputs are cast to it); refuses weights on another device."""
+    if module is None:
+        return torch.float32
+    dtype = None
+    for name, t in [*module.named_parameters(), *module.named_buffers()]:
+        if t.device.type != dev.type or (dev.index is not None and t.device.index not in (None, dev.index)):
+            raise ValueError(f"embed's weights are on {t.device} ({name!r}) but device={str(dev)!r}; pass "
+                             f"device={str(t.device)!r}, or move the model first: model.to({str(dev)!r})")
+        if dtype is None and t.is_floating_point():
+            dtype = t.dtype
+    return dtype or torch.float32
+
+
+@contextmanager
+def _eval_mode(module: torch.nn.Module | None):
+    """``module.eval()`` for the block; every submodule's own training flag restored after, also on error."""
+    if module is None:
+        yield
+        return
+    modes = [(m, m.training) for m in module.modules()]
+    module.eval()
+    try:
+        yield
+    finally:
+        if len({mode for _, mode in modes}) == 1:
+            module.train(modes[0][1])
+        else:  # a mixed state (e.g. frozen batch norms in a training model): each flag as it was
+            for m, mode in modes:
+                m.training = mode
+
+
+class _Runner:
+    """One embedding call's settings: turns images into batches and batches into float32 rows."""
+
+    def __init__(self, embed, transform, device):
+        if not callable(embed):
+            raise TypeError(f"embed={embed!r:.80} is not callable; pass a torch.nn.Module or a function "
+                            f"images (B, C, H, W) -> embeddings (B, D)")
+        if transform is not None and not callable(transform):
+            raise TypeError(f"transform={transform!r:.80} is not callable; pass a function PIL image -> tensor "
+                            f"(C, H, W), e.g. a torchvision transforms.Compose, or None")
+        self.embed = embed
+        self.module = _module_of(embed)
+        self.device = _device(device)
+        self.dtype = _input_dtype(self.module, self.device)
+        self.transform = transform
+        self.dims: int | None = None
+
+    def read(self, item: Any, what: str):
+        """One image as this call needs it: RGB uint8 ``(H, W, 3)`` (default transform) or a PIL RGB image.
+
+        Raises:
+            ImageDecodeError, ValueError: the item is not a readable image (its own failure).
+        """
+        return _read_rgb(item, what, as_pil=self.transform is not None)
+
+    def tensor(self, pixels, what: str):
+        """What :meth:`read` gave, ready for :meth:`stack`: the RGB array itself, or ``transform``'s CHW tensor."""
+        if self.transform is None:
+            return pixels
+        out = self.transform(pixels)
+        if not isinstance(out, torch.Tensor) or out.dim() != 3:
+            shown = f"a tensor of shape {tuple(out.shape)}" if isinstance(out, torch.Tensor) else type(out).__name__
+            raise TypeError(f"transform= returned {shown} for {what}; it must map one PIL image to a tensor "
+                            f"(C, H, W): end it with transforms.ToTensor() (or PILToTensor + ConvertImageDtype)")
+        return out
+
+    def stack(self, tensors: list, names: list[str]) -> torch.Tensor:
+        """One batch: ``(B, C, H, W)``; RGB arrays become a uint8 NHWC stack seen as NCHW (channels-last
+        strides, as a stacked array input gets: the same pixels give the same embeddings either way)."""
+        first = tensors[0].shape
+        for t, name in zip(tensors, names):
+            if t.shape != first:
+                raise ValueError(f"images have different sizes ({names[0]} gives {tuple(first)}, {name} "
+                                 f"{tuple(t.shape)}), so they cannot share a batch; pass transform= with a Resize, "
+                                 f"e.g. transforms.Compose([transforms.Resize((224, 224)), transforms.ToTensor()])")
+        if self.transform is None:
+            return _uint8_tensor(np.stack(tensors)).permute(0, 3, 1, 2)
+        return torch.stack(tensors)
+
+    def run(self, batch: torch.Tensor, names: list[str]) -> np.ndarray:
+        """Embeddings ``(B, D)`` float32 of a stacked batch (uint8 from the default transform, else float)."""
+        x = batch.to(self.device)
+        if self.transform is None:  # torchvision's to_tensor: float, then divided by 255
+            x = x.to(torch.float32).div(255)
+        if x.is_floating_point():
+            x = x.to(self.dtype)
+        with torch.inference_mode():
+            out = self.embed(x)
+        b = len(names)
+        if not isinstance(out, torch.Tensor):
+            raise TypeError(f"embed returned {type(out).__name__}; it must return a tensor of shape (batch, ...). "
+                            f"Wrap the model, e.g. embed=lambda x: model(x).image_embeds (or [0])")
+        if out.dim() == 0 or out.shape[0] != b or out.numel() == 0:
+            raise ValueError(f"embed returned shape {tuple(out.shape)} for a batch of {b} images; it must return "
+                             f"one non-empty row per image, (batch, ...)")
+        rows = out.detach().reshape(b, -1).to("cpu", torch.float32).numpy()
+        if self.dims is None:
+            self.dims = rows.shape[1]
+        elif rows.shape[1] != self.dims:
+            raise ValueError(f"embed returned {rows.shape[1]} numbers per image for the batch from {names[0]} but "
+                             f"{self.dims} before: images of different sizes reach a model without global pooling; "
+                             f"pass transform= with a Resize so that every image has one size")
+        bad = ~np.isfinite(rows).all(axis=1)
+        if bad.any():
+            raise ValueError(f"embed returned NaN or infinite values for {names[int(np.argmax(bad))]}; check the "
+                             f"model's weights and its input: the default transform gives RGB in [0, 1], pass "
+                             f"transform= with the model's own preprocessing")
+        return rows
+
+
+def _progress_bar(total: int, progress: bool, desc: str):
+    from tqdm.auto import tqdm
+    return tqdm(total=total, unit="img", desc=desc, disable=not progress or total < 1000, leave=False)
+
+
+def _image_list(images) -> tuple[np.ndarray | None, list]:
+    """``(stack, [])`` for a uint8 stack (RGB ``(N, H, W, 3)``), else ``(None, items)``."""
+    if isinstance(images, np.ndarray):
+        return _array_rgb(images, "images", stacked=True), []
+    if isinstance(images, torch.Tensor):
+        if images.dim() != 4:
+            raise ValueError(f"images is a tensor of shape {tuple(images.shape)}; a stack of tensors is (N, C, H, W), "
+                             f"one image goes in a list: [image]")
+        return None, list(images)
+    if isinstance(images, (str, bytes, os.PathLike, Image.Image)):
+        raise ValueError(f"images must be a sequence of images or a stacked array, got a single "  # noqa: TRY004 - as hash_images
+                         f"{type(images).__name__}; wrap it in a list: [image]")
+    return None, list(images)
+
+
+def embed_images(images, embed, *, transform: Callable | None = None, device: str | torch.device = "cpu",
+                 batch_size: int = 64, progress: bool = False) -> np.ndarray:
+    """Embeddings of images by a model, batched on ``device``, in eval mode, under ``torch.inference_mode()``.
+
+    Args:
+        images: a sequence of PIL images, file paths, uint8 arrays ``(H, W[, C])`` or tensors
+            ``(C, H, W)`` (uint8, or float in [0, 1]); or a uint8 stack ``(N, H, W[, C])``.
+            Every image is read as RGB (grey replicated, alpha dropped).
+        embed: an ``nn.Module``, or any callable ``(B, C, H, W) tensor -> (B, ...) tensor``
+            (e.g. ``model.encode_image``). A module (or a bound method's module) is switched to
+            ``eval()`` for the call and back to its own flags after; its weights must be on
+            ``device``, and inputs are cast to its floating dtype.
+        transform: ``None``: torchvision's ``to_tensor`` of the RGB image (CHW float in [0, 1]);
+            else a function from one PIL RGB image to a CHW tensor (the model's preprocessing:
+            resize, crop, normalise).
+        device: where the batches run (``"cpu"``, ``"cuda"``, ``"cuda:1"``, a ``torch.device``).
+        batch_size: images per forward pass.
+        progress: show a tqdm bar (for 1,000 images or more).
+
+    Returns:
+        float32 ``(N, D)``: the model's output for each image, flattened.
+
+    Raises:
+        ValueError: images of different sizes in one batch (pass ``transform=`` with a
+            Resize), a model output that is not one finite row per image, weights on another
+            device, a bad input. TypeError: ``embed``/``transform`` of the wrong kind.
+        ImageDecodeError: a file that cannot be decoded.
+
+    Example:
+        >>> import numpy as np, torch
+        >>> net = torch.nn.Sequential(torch.nn.Conv2d(3, 8, 3), torch.nn.ReLU(),
+        ...                           torch.nn.AdaptiveAvgPool2d(1), torch.nn.Flatten())
+        >>> embed_images(np.zeros((5, 28, 28), np.uint8), net).shape
+        (5, 8)
+    """
+    runner = _Runner(embed, transform, device)
+    batch_size = check_int("batch_size", batch_size, 1)
+    check_bool("progress", progress)
+    stack, items = _image_list(images)
+    n = len(stack) if stack is not None else len(items)
+    parts = []
+    with _eval_mode(runner.module), _progress_bar(n, progress, "embedding") as bar:
+        for b0 in range(0, n, batch_size):
+            b1 = min(n, b0 + batch_size)
+            names = [f"images[{i}]" for i in range(b0, b1)]
+            if stack is not None and transform is None:
+                batch = _uint8_tensor(stack[b0:b1]).permute(0, 3, 1, 2)
+            else:
+                rows = [stack[i] for i in range(b0, b1)] if stack is not None else items[b0:b1]
+                tensors = []
+                for i, item in zip(range(b0, b1), rows):
+                    try:
+                        pixels = runner.read(item, f"images[{i}]")
+                    except ImageDecodeError as exc:
+                        raise ImageDecodeError(exc.source, exc.reason, i) from exc
+                    tensors.append(runner.tensor(pixels, f"images[{i}]"))
+                batch = runner.stack(tensors, names)
+            parts.append(runner.run(batch, names))
+            bar.update(b1 - b0)
+    return np.concatenate(parts) if parts else np.zeros((0, 0), np.float32)
+
+
+# --------------------------------------------------------------------------- fit and codes
+
+
+def _as_embeddings(embeddings, dims: int | None = None, name: str = "embeddings") -> np.ndarray:
+    arr = np.asarray(embeddings)
+    if arr.ndim == 1 and dims is not None and arr.shape[0] == dims:
+        arr = arr[None, :]
+    if arr.ndim != 2 or (dims is not None and arr.shape[1] != dims) or arr.shape[1] == 0:
+        want = f"(N, {dims})" if dims is not None else "(N, D) with D >= 1"
+        raise ValueError(f"{name} must have shape {want} (from embed_images with this fit's model), got {arr.shape}")
+    if not np.issubdtype(arr.dtype, np.floating):
+        raise ValueError(f"{name} must be floating point embeddings, got dtype {arr.dtype}")
+    if not np.isfinite(arr).all():
+        raise ValueError(f"{name} contains NaN or infinite values; embed the images again (embed_images)")
+    return arr
+
+
+def _check_bits(bits) -> int:
+    bits = check_int("bits", bits, 64, 1024, hint="a multiple of 64: 64, 128, 256, ...")
+    if bits % 64:
+        raise ValueError(f"bits={bits} must be a multiple of 64 in [64, 1024] (whole uint64 words), e.g. 256")
+    return bits
+
+
+def _unit_rows(arr: np.ndarray) -> np.ndarray:
+    """Rows scaled to length 1 in float64 (a zero row stays zero); einsum keeps each row's sum order fixed."""
+    e = np.asarray(arr, dtype=np.float64)
+    norm = np.sqrt(np.einsum("ij,ij->i", e, e))[:, None]
+    return np.divide(e, norm, out=np.zeros_like(e), where=norm > 0)
+
+
+def _pack(bits: np.ndarray) -> np.ndarray:
+    """Boolean ``(N, 64 W)`` -> ``uint64`` ``(N, W)``: bit 0 is the most significant bit of word 0."""
+    n, b = bits.shape
+    return np.ascontiguousarray(np.packbits(bits, axis=1)).view(">u8").astype(np.uint64).reshape(n, b // 64)
+
+
+def _fit_fingerprint(meta: dict, centre: np.ndarray, planes: np.ndarray) -> str:
+    h = hashlib.blake2b(digest_size=16)
+    h.update(json.dumps(meta, sort_keys=True, separators=(",", ":")).encode())
+    for arr in (centre, planes):
+        h.update(np.ascontiguousarray(arr, dtype="<f4").tobytes())
+    return h.hexdigest()
+
+
+def _frozen(arr) -> np.ndarray:
+    out = np.array(arr, dtype=np.float32, order="C", copy=True)
+    out.setflags(write=False)
+    return out
+
+
+@dataclass(frozen=True, eq=False)
+class EmbeddingFit:
+    """The centre and hyperplanes that turn one model's embeddings into comparable codes.
+
+    Apply the *same* fit to everything compared with a dataset (its ``against=`` sets):
+    codes of different fits, or of another model, are not comparable. Build one with
+    :func:`fit_embeddings` (or let :func:`embed_dataset` fit it); store it with
+    :meth:`to_arrays`, restore it with :meth:`from_arrays`.
+
+    Attributes:
+        centre: float32 ``(D,)``: mean of the fitted set's unit-length embeddings.
+        planes: float32 ``(D, bits)``: seeded standard normal hyperplanes.
+        bits: code length, a multiple of 64 in [64, 1024].
+        seed: the hyperplanes' seed (``np.random.default_rng(seed)``).
+        n_fit: rows the centre was computed from (informational).
+        model_fingerprint: :func:`model_fingerprint` of the model the fit is for ("" unknown).
+        fingerprint: BLAKE2b (32 hex digits) of the settings, the model fingerprint and the arrays.
+    """
+
+    centre: np.ndarray
+    planes: np.ndarray
+    bits: int
+    seed: int
+    n_fit: int
+    model_fingerprint: str = ""
+    fingerprint: str = ""
+
+    def __post_init__(self):
+        bits = _check_bits(self.bits)
+        centre, planes = np.asarray(self.centre), np.asarray(self.planes)
+        if centre.ndim != 1 or centre.shape[0] < 1 or planes.shape != (centre.shape[0], bits):
+            raise ValueError(f"EmbeddingFit needs centre (D,) and planes (D, {bits}); got {centre.shape} and "
+                             f"{planes.shape}")
+        for name, arr in (("centre", centre), ("planes", planes)):
+            if not np.issubdtype(arr.dtype, np.floating) or not np.isfinite(arr).all():
+                raise ValueError(f"EmbeddingFit.{name} must be finite floats, got {arr.dtype}")
+            object.__setattr__(self, name, _frozen(arr))
+        object.__setattr__(self, "bits", bits)
+        object.__setattr__(self, "seed", int(self.seed))
+        object.__setattr__(self, "n_fit", int(self.n_fit))
+        object.__setattr__(self, "model_fingerprint", str(self.model_fingerprint))
+        expected = _fit_fingerprint(self._meta_core(), self.centre, self.planes)
+        if self.fingerprint and self.fingerprint != expected:
+            raise ValueError(f"EmbeddingFit fingerprint {self.fingerprint!r} does not match its arrays and settings "
+                             f"({expected!r}): the stored fit is corrupt or was edited; fit it again")
+        object.__setattr__(self, "fingerprint", expected)
+
+    def _meta_core(self) -> dict:
+        return {"version": EMBED_VERSION, "dims": self.dims, "bits": self.bits, "seed": self.seed,
+                "model_fingerprint": self.model_fingerprint, "centre": "mean of unit rows"}
+
+    @property
+    def dims(self) -> int:
+        """Embedding dimension D."""
+        return int(self.centre.shape[0])
+
+    @property
+    def words(self) -> int:
+        """``uint64`` words per code (``bits // 64``)."""
+        return self.bits // 64
+
+    def centred(self, embeddings) -> np.ndarray:
+        """float64 ``(N, D)``: each embedding scaled to unit length, minus :attr:`centre` (the space of codes and cosines)."""
+        return _unit_rows(_as_embeddings(embeddings, self.dims)) - self.centre.astype(np.float64)
+
+    def codes(self, embeddings) -> np.ndarray:
+        """Sign codes of the centred embeddings on the hyperplanes, packed for :mod:`torch_dedup.hamming`.
+
+        Bit ``j`` is ``centred(e) @ planes[:, j] > 0``; bit 0 is the most significant bit of
+        word 0 (the library's packing). The projections are float64 sums in a fixed order per
+        row (``np.einsum``, not BLAS, whose order depends on the batch), so the same
+        embeddings give the same bits in any batch or chunk.
+
+        Args:
+            embeddings: float ``(N, D)`` from :func:`embed_images` with the fit's model.
+
+        Returns:
+            ``uint64`` ``(N,)`` for 64 bits, else ``(N, bits // 64)``.
+        """
+        e = _as_embeddings(embeddings, self.dims)
+        planes = self.planes.astype(np.float64)
+        words = np.zeros((e.shape[0], self.words), dtype=np.uint64)
+        for s in range(0, e.shape[0], _STEP):
+            proj = np.einsum("nd,db->nb", self.centred(e[s:s + _STEP]), planes, optimize=False)
+            words[s:s + _STEP] = _pack(proj > 0)
+        return words[:, 0].copy() if self.words == 1 else words
+
+    def cosine(self, embeddings_a, embeddings_b) -> np.ndarray:
+        """Exact cosine of centred embeddings, row by row (float64 ``(N,)``): the re-check of Hamming candidates.
+
+        A row that is zero after centring has cosine 0 with everything (1 with another zero row).
+        """
+        a, b = self.centred(embeddings_a), self.centred(embeddings_b)
+        if a.shape[0] != b.shape[0] and 1 not in (a.shape[0], b.shape[0]):
+            raise ValueError(f"embeddings_a has {a.shape[0]} rows and embeddings_b {b.shape[0]}; pass equal counts "
+                             f"(or one row to compare with all)")
+        a, b = np.broadcast_arrays(a, b)
+        dot = np.einsum("ij,ij->i", a, b)
+        na, nb = np.sqrt(np.einsum("ij,ij->i", a, a)), np.sqrt(np.einsum("ij,ij->i", b, b))
+        den = na * nb
+        with np.errstate(invalid="ignore", divide="ignore"):
+            cos = np.where(den > 0, dot / np.where(den > 0, den, 1.0), np.where((na == 0) & (nb == 0), 1.0, 0.0))
+        return np.clip(cos, -1.0, 1.0)
+
+    def to_arrays(self) -> tuple[dict[str, np.ndarray], dict[str, Any]]:
+        """``(arrays, meta)``: float32 ``centre`` and ``planes``, and a JSON-able dict (no pickle)."""
+        return ({"centre": self.centre.copy(), "planes": self.planes.copy()},
+                dict(self._meta_core(), n_fit=self.n_fit, fingerprint=self.fingerprint))
+
+    @classmethod
+    def from_arrays(cls, arrays: dict[str, np.ndarray], meta: dict[str, Any]) -> EmbeddingFit:
+        """Rebuild a fit from :meth:`to_arrays`' output, checking its version and fingerprint.
+
+        Raises:
+            ValueError: a missing key, another version, or a fingerprint that does not match.
+        """
+        missing = [k for k in ("centre", "planes") if k not in arrays]
+        missing += [k for k in ("version", "bits", "seed", "fingerprint") if k not in meta]
+        if missing:
+            raise ValueError(f"a stored embedding fit lacks {missing}; store what EmbeddingFit.to_arrays returns")
+        if meta["version"] != EMBED_VERSION:
+            raise ValueError(f"a stored embedding fit has version {meta['version']!r}; this library makes "
+                             f"{EMBED_VERSION!r} codes: fit it again")
+        return cls(centre=np.asarray(arrays["centre"]), planes=np.asarray(arrays["planes"]), bits=int(meta["bits"]),
+                   seed=int(meta["seed"]), n_fit=int(meta.get("n_fit", 0)),
+                   model_fingerprint=str(meta.get("model_fingerprint", "")), fingerprint=str(meta["fingerprint"]))
+
+
+def fit_embeddings(embeddings, *, bits: int = DEFAULT_BITS, seed: int = 0,
+                   model_fingerprint: str | None = None) -> EmbeddingFit:
+    """Fit the centre and draw the hyperplanes of embedding codes on a dataset's embeddings.
+
+    The centre is the float64 mean of the unit-length embeddings (stored as float32); the
+    hyperplanes are ``np.random.default_rng(seed).standard_normal((D, bits), dtype=np.float32)``.
+    Deterministic for the same embeddings and settings.
+
+    Args:
+        embeddings: float ``(N, D)``, N >= 1, from :func:`embed_images`.
+        bits: code length, a multiple of 64 in [64, 1024].
+        seed: the hyperplanes' seed.
+        model_fingerprint: :func:`model_fingerprint` of the model, recorded so that a fit is
+            never applied to another model's embeddings by :func:`embed_dataset`.
+
+    Returns:
+        An :class:`EmbeddingFit`.
+
+    Example:
+        >>> import numpy as np
+        >>> fit = fit_embeddings(np.random.default_rng(0).random((10, 32)), bits=128)
+        >>> fit.codes(np.ones((3, 32))).shape
+        (3, 2)
+    """
+    e = _as_embeddings(embeddings)
+    if e.shape[0] < 1:
+        raise ValueError("embeddings has no rows; fit on the embeddings of at least one image (thousands is better)")
+    bits = _check_bits(bits)
+    seed = check_int("seed", seed, 0, 2**63 - 1)
+    if model_fingerprint is not None and not isinstance(model_fingerprint, str):
+        raise ValueError(f"model_fingerprint={model_fingerprint!r} must be a string from model_fingerprint() or None")
+    centre = _unit_rows(e).mean(axis=0)
+    planes = np.random.default_rng(seed).standard_normal((e.shape[1], bits), dtype=np.float32)
+    return EmbeddingFit(centre=centre.astype(np.float32), planes=planes, bits=bits, seed=seed, n_fit=e.shape[0],
+                        model_fingerprint=model_fingerprint or "")
+
+
+# --------------------------------------------------------------------------- datasets and sidecars
+
+
+@dataclass(frozen=True, eq=False)
+class EmbeddingHashes(DatasetHashes):
+    """A :class:`~torch_dedup.dataset_hashes.DatasetHashes` whose ``hashes`` are embedding codes.
+
+    Attributes (besides the base class's):
+        embeddings: float32 ``(N, D)`` model outputs (rows of invalid items are 0).
+        fit: the :class:`EmbeddingFit` the codes were made with (pass it as ``fit=`` to code
+            another set in this set's space).
+    """
+
+    embeddings: np.ndarray | None = None
+    fit: EmbeddingFit | None = None
+
+
+def _cache_name(data_fp: str, model_fp: str, transform_id: str) -> str:
+    key = f"{EMBED_VERSION}\0{data_fp}\0{model_fp}\0{transform_id}"
+    return f"embed-{hashlib.blake2b(key.encode('utf-8'), digest_size=10).hexdigest()}{SIDECAR_SUFFIX}"
+
+
+def _read_cache(path: Path, expect: dict):
+    """``(embeddings, valid, failures, fit | None, meta)`` of a current, intact file; else None (WARNING if bad)."""
+    if not path.exists():
+        return None
+    try:
+        meta, arrays = read_store(path, _KIND, SidecarError)
+        for key, value in expect.items():
+            if meta.get(key) != value:
+                raise SidecarError(str(path), f"stale: {key} is {meta.get(key)!r}, expected {value!r}")
+        try:
+            emb, valid, index = arrays["embeddings"], arrays["valid"], arrays["failure_index"]
+            n = int(meta["count"])
+            if emb.dtype != np.float32 or emb.ndim != 2 or emb.shape[0] != n or valid.shape != (n,) \
+                    or valid.dtype != np.bool_ or not np.isfinite(emb).all():
+                raise ValueError("array shapes do not match the count")
+            sources = unpack_strings(arrays["failure_source"], arrays["failure_source_offsets"])
+            reasons = unpack_strings(arrays["failure_reason"], arrays["failure_reason_offsets"])
+            if not len(index) == len(sources) == len(reasons) or (index.size and not 0 <= index.min() <= index.max() < n):
+                raise ValueError("failure arrays are inconsistent")
+            fit = EmbeddingFit.from_arrays(arrays, meta["fit"]) if meta.get("fit") else None
+        except (KeyError, TypeError, ValueError) as exc:
+            raise SidecarError(str(path), f"inconsistent contents ({exc})") from None
+    except SidecarError as exc:
+        logger.warning("ignoring embedding sidecar %s: %s; the embeddings will be recomputed", path, exc.reason)
+        return None
+    return emb, valid, tuple(zip(index.tolist(), sources, reasons)), fit, meta
+
+
+def _write_cache(path: Path, emb, valid, failures, fit: EmbeddingFit | None, meta: dict) -> Path | None:
+    src_blob, src_off = pack_strings([f[1] for f in failures])
+    why_blob, why_off = pack_strings([f[2] for f in failures])
+    arrays = {"embeddings": emb, "valid": valid, "failure_index": np.array([f[0] for f in failures], np.int64),
+              "failure_source": src_blob, "failure_source_offsets": src_off, "failure_reason": why_blob,
+              "failure_reason_offsets": why_off}
+    fit_meta = None
+    if fit is not None:
+        fit_arrays, fit_meta = fit.to_arrays()
+        arrays.update(fit_arrays)
+    try:
+        if path.parent.is_dir():
+            remove_stale_temp_files(path.parent)
+        return write_store(path, _KIND, {**meta, "fit": fit_meta,
+                                         "created": datetime.now(timezone.utc).isoformat(timespec="seconds")}, arrays)
+    except OSError as exc:
+        logger.warning("could not write embedding sidecar %s (%s); the embeddings will be recomputed next time. "
+                       "Pass cache_dir= to a writable folder.", path, exc)
+        return None
+
+
+def _embed_source(source, runner: _Runner, batch_size: int, on_error: str, progress: bool):
+    """Embeddings of every item of a source: ``(rows (N, D) float32, valid, failures)``."""
+    n = source.n
+    done: list[tuple[np.ndarray, np.ndarray]] = []
+    failures: list = []
+    with _eval_mode(runner.module), _progress_bar(n, progress, "embedding") as bar:
+        for b0 in range(0, n, batch_size):
+            b1 = min(n, b0 + batch_size)
+            if source.kind == "array" and runner.transform is None:  # pixels already in memory: one vectorised batch
+                rgb = _array_rgb(source.array_batch(b0, b1), f"{source.description} items {b0}..{b1 - 1}", True)
+                batch = _uint8_tensor(rgb).permute(0, 3, 1, 2)
+                done.append((np.arange(b0, b1), runner.run(batch, [f"item {i}" for i in range(b0, b1)])))
+                bar.update(b1 - b0)
+                continue
+            paths = source.paths(b0, b1) if source.kind == "files" else None
+            tensors, where = [], []
+            for i in range(b0, b1):
+                try:
+                    pixels = runner.read(paths[i - b0] if paths is not None else source.item(i), f"item {i}")
+                except Exception as exc:
+                    src = exc.source if isinstance(exc, ImageDecodeError) else f"item {i}"
+                    why = exc.reason if isinstance(exc, ImageDecodeError) else f"{type(exc).__name__}: {exc}"
+                    if on_error == "raise":
+                        raise ImageDecodeError(src, why, i) from exc
+                    failures.append((i, src, why))
+                    continue
+                tensors.append(runner.tensor(pixels, f"item {i}"))  # a transform's error is no image's fault
+                where.append(i)
+            if tensors:
+                names = [f"item {i}" for i in where]
+                done.append((np.asarray(where), runner.run(runner.stack(tensors, names), names)))
+            bar.update(b1 - b0)
+    dims = runner.dims or 0
+    emb = np.zeros((n, dims), dtype=np.float32)
+    valid = np.zeros(n, dtype=bool)
+    for idx, rows in done:
+        emb[idx] = rows
+        valid[idx] = True
+    return emb, valid, sorted(failures)
+
+
+def _zero_codes(n: int, bits: int) -> np.ndarray:
+    return np.zeros((n,) if bits == 64 else (n, bits // 64), dtype=np.uint64)
+
+
+def embed_dataset(ds, embed, *, transform: Callable | None = None, device: str | torch.device = "cpu",
+                  batch_size: int = 64, bits: int = DEFAULT_BITS, seed: int = 0, fit: EmbeddingFit | None = None,
+                  image_fn: Callable[[int], Any] | None = None, fingerprint: str | None = None,
+                  embed_fingerprint: str | None = None, cache_dir: str | os.PathLike | None | bool = None,
+                  on_error: str = "raise", progress: bool = True, refresh: bool = False) -> EmbeddingHashes:
+    """Embedding codes of every item of a map-style dataset, the embeddings computed once and then read from a sidecar.
+
+    The raw images are read as hashing reads them (:func:`~torch_dedup.sources.source_of`: no
+    dataset transform, wrappers looked through), embedded by :func:`embed_images`'s rules, and
+    coded by a fit: ``fit=None`` fits on this dataset's valid items; ``fit=train.fit`` codes
+    this dataset in another's space (how an ``against=`` test set is coded). The float32
+    embeddings, and the fit made on them, are stored in a checksummed, pickle-free sidecar
+    (``embed-<digest>.tdhash``, where hash sidecars go: :func:`~torch_dedup.sidecar.sidecar_file`)
+    keyed on the data's fingerprint, :func:`model_fingerprint` and the transform; a stale or
+    corrupt one logs a WARNING and is recomputed. A ``Subset`` is cached as its own dataset.
+
+    Args:
+        ds: the dataset (as for :func:`~torch_dedup.dataset_hashes.hash_dataset`).
+        embed: an ``nn.Module``, a method bound to one (``model.encode_image``), or a callable
+            (then ``embed_fingerprint=`` is required).
+        transform: ``None`` (RGB ``to_tensor``: [0, 1], the images' own size) or one PIL RGB
+            image -> CHW tensor (the model's preprocessing). It cannot be fingerprinted: the
+            embeddings are cached only when ``embed_fingerprint=`` names it.
+        device, batch_size: as in :func:`embed_images`.
+        bits: code length (multiple of 64 in [64, 1024]); ignored when ``fit`` is given.
+        seed: the hyperplanes' seed; ignored when ``fit`` is given.
+        fit: an :class:`EmbeddingFit` to apply instead of fitting (it must be of this model).
+        image_fn, fingerprint: as in :func:`~torch_dedup.dataset_hashes.hash_dataset` (the data's identity).
+        embed_fingerprint: a string that changes whenever the embedding does in a way the
+            library cannot see: the weights of a plain callable, the ``transform``, the code
+            of a module's ``forward``. Mixed into :func:`model_fingerprint`.
+        cache_dir: sidecar folder; ``None`` picks one as for hashes; ``False``: no cache.
+        on_error: ``"raise"`` or ``"skip"`` (recorded in ``failures``, ``valid`` False) for
+            images that cannot be read; model errors always raise.
+        progress: tqdm bar while embedding (1,000 items or more).
+        refresh: ignore an existing sidecar, recompute and rewrite it.
+
+    Returns:
+        An :class:`EmbeddingHashes`: ``hashes`` the packed codes (``uint64`` ``(N,)`` for 64
+        bits, else ``(N, bits // 64)``), ``embeddings``, ``fit``, and ``meta`` with
+        ``method="embed"``, ``hash_size`` and ``bits`` (both the code length), ``decode``,
+        ``model_fingerprint``, ``fit_fingerprint``, ``transform``, the data fingerprint.
+
+    Raises:
+        ValueError: a bad option, a plain callable without ``embed_fingerprint=``, a ``fit``
+            of another model or dimension, or :func:`embed_images`' errors.
+        EmptyDedupError: no item could be embedded, so there is nothing to fit on.
+        ImageDecodeError: an unreadable image with ``on_error="raise"``.
+
+    Example:
+        >>> import torch, torchvision
+        >>> net = torch.nn.Sequential(torch.nn.Conv2d(3, 8, 3), torch.nn.ReLU(),
+        ...                           torch.nn.AdaptiveAvgPool2d(1), torch.nn.Flatten())
+        >>> train = torchvision.datasets.FashionMNIST("data", train=True)  # doctest: +SKIP
+        >>> test = torchvision.datasets.FashionMNIST("data", train=False)  # doctest: +SKIP
+        >>> tr = embed_dataset(train, net, bits=256)  # doctest: +SKIP
+        >>> te = embed_dataset(test, net, fit=tr.fit)  # doctest: +SKIP
+    """
+    runner = _Runner(embed, transform, device)
+    batch_size = check_int("batch_size", batch_size, 1)
+    on_error = check_on_error(on_error)
+    check_bool("progress", progress)
+    check_bool("refresh", refresh)
+    if fit is not None and not isinstance(fit, EmbeddingFit):
+        raise TypeError(f"fit={fit!r:.80} must be an EmbeddingFit (e.g. embed_dataset(train, ...).fit) or None")
+    bits, seed = (fit.bits, fit.seed) if fit is not None else (_check_bits(bits), check_int("seed", seed, 0, 2**63 - 1))
+    if cache_dir is not None and not isinstance(cache_dir, (bool, str, os.PathLike)):
+        raise ValueError(f"cache_dir={cache_dir!r} must be a folder, None (automatic) or False (no cache)")
+    model_fp = model_fingerprint(embed, embed_fingerprint)
+    if fit is not None and fit.model_fingerprint != model_fp:
+        raise ValueError(f"fit= was made for model {fit.model_fingerprint or 'unknown'!r} but embed= is "
+                         f"{model_fp!r}: codes of different models (or weights, or embed_fingerprint=) are not "
+                         f"comparable. Embed both sets with the same embed= and embed_fingerprint=")
+    transform_id = _DEFAULT_TRANSFORM if transform is None else ("user" if embed_fingerprint is not None else None)
+    source = source_of(ds, image_fn, fingerprint=fingerprint)
+    path = None
+    if cache_dir is not False:
+        if source.fingerprint is None:
+            logger.info("%s has no cheap content fingerprint; its embeddings are not cached. Pass fingerprint='...' "
+                        "(a string that changes when the data does) to cache them.", source.description)
+        elif transform_id is None:
+            logger.info("transform= cannot be fingerprinted, so the embeddings of %s are not cached. Pass "
+                        "embed_fingerprint='...' (a string that changes whenever the transform or model does) to "
+                        "cache them.", source.description)
+        else:
+            path = sidecar_file(_cache_name(source.fingerprint, model_fp, transform_id), source.root,
+                                None if cache_dir is True else cache_dir, class_folders=source.class_folders)
+    expect = {"embed_version": EMBED_VERSION, "fingerprint": source.fingerprint, "model_fingerprint": model_fp,
+              "transform": transform_id, "count": source.n, "hash_env": hash_environment()}
+    cached = None if path is None or refresh else _read_cache(path, expect)
+    if cached is not None:
+        emb, valid, failures, stored_fit, stored = cached
+        created = stored.get("created")
+        if failures and on_error == "raise":
+            i, src, why = failures[0]
+            raise ImageDecodeError(src, f"{why} (recorded in sidecar {path})", i)
+    else:
+        emb, valid, failures = _embed_source(source, runner, batch_size, on_error, progress)
+        stored_fit, created = None, None
+    if fit is not None and valid.any() and emb.shape[1] != fit.dims:
+        raise ValueError(f"fit= is for {fit.dims}-dimensional embeddings but embed= gives {emb.shape[1]}; pass the "
+                         f"fit made with this model")
+    if fit is not None and not valid.any():
+        emb = np.zeros((source.n, fit.dims), dtype=np.float32)
+    # The fit of this dataset itself is stored with its embeddings (it costs a mean and a seeded draw):
+    # reused when it has the settings asked for, made again (and the file rewritten) when not.
+    own = stored_fit
+    if valid.any() and (own is None or (fit is None and (own.bits, own.seed) != (bits, seed))):
+        own = fit_embeddings(emb[valid], bits=bits, seed=seed, model_fingerprint=model_fp)
+    use = fit if fit is not None else own
+    if use is None:
+        first = f" The first failure, {failures[0][1]}: {failures[0][2]}." if failures else ""
+        raise EmptyDedupError(f"{source.description}: no item was embedded ({source.n} items, {len(failures)} "
+                              f"failed), so there is nothing to fit the hyperplanes on.{first}")
+    written = path if cached is not None else None
+    if path is not None and (cached is None or own is not stored_fit):
+        written = _write_cache(path, emb, valid, failures, own,
+                               {**expect, "dims": int(emb.shape[1]), "source": source.description,
+                                "n_failures": len(failures), "versions": {**library_versions(),
+                                                                           "torch": torch.__version__}})
+    codes = _zero_codes(source.n, bits)
+    if valid.any():
+        codes[valid] = use.codes(emb[valid])
+    side = math.isqrt(bits)
+    meta = {"method": "embed", "hash_size": side if side * side == bits else None, "bits": bits, "decode": "exact", "embed_version": EMBED_VERSION,
+            "model_fingerprint": model_fp, "fit_fingerprint": use.fingerprint, "fit_seed": use.seed,
+            "transform": transform_id or "user (not fingerprinted)", "dims": int(emb.shape[1]),
+            "fingerprint": source.fingerprint, "source": source.description, "dataset": type(ds).__name__,
+            "n": source.n, "versions": {**library_versions(), "torch": torch.__version__},
+            "sidecar": None if written is None else str(written), "created": created}
+    return EmbeddingHashes(codes, valid, tuple(failures), source.labels, source.fingerprint, meta, written,
+                           cached is not None, embeddings=emb, fit=use)
