@@ -18,7 +18,7 @@ import imagehash
 import numpy as np
 import pytest
 import torchvision
-from naive import brute_pairs
+from naive import brute_pairs, distance_matrix
 from PIL import Image
 
 from torch_dedup.cli import main
@@ -175,6 +175,46 @@ def test_sweep_both_policies_and_plot(sample_npz, tmp_path):
     assert got["sweep"] == got["by_policy"]["greedy"]
     with Image.open(png) as im:
         assert im.format == "PNG" and im.width > 100 and im.height > 100
+
+
+def test_sweep_pairs_columns_equal_brute_force(sample_npz, tmp_path, capsys):
+    common = [str(sample_npz), "-T", "8", "--no-progress", "--cache-dir", str(tmp_path)]
+    assert main(["sweep", *common, "--json", "--threshold", "6"]) == 0
+    got = json.loads(capsys.readouterr().out)
+    h = hash_array(load_sample(600)[0])
+    d = distance_matrix(h, h)[np.triu_indices(len(h), k=1)]  # every item pair once
+    at = np.bincount(d, minlength=65)[:9]
+    assert [r["pairs_at"] for r in got["sweep"]] == at.tolist()
+    assert [r["pairs_within"] for r in got["sweep"]] == np.cumsum(at).tolist()
+    assert got["threshold"] == 6 and got["bits"] == 64 and got["method"] == "phash"
+    assert "cosine" not in got["sweep"][0]  # phash bits are not hyperplane signs
+    assert main(["sweep", *common, "-t", "6"]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    assert "pairs at d" in lines[1] and "pairs within t" in lines[1] and "cosine" not in lines[1]
+    marked = [line for line in lines if line.endswith("<- --threshold")]
+    assert len(marked) == 1 and marked[0].split()[:3] == ["6", str(at[6]), str(at[:7].sum())]
+
+
+def test_sweep_threshold_outside_the_swept_range_is_refused(capsys):
+    assert main(["sweep", "sample", "-T", "4", "--threshold", "6", "--no-progress"]) == 2
+    err = capsys.readouterr().err
+    assert "--threshold 6" in err and "--max-threshold" in err
+
+
+def test_sweep_cosine_column_for_hyperplane_codes(sample_npz, tmp_path, capsys):
+    from torch_dedup import _checks
+    if "colour_dct" not in getattr(_checks, "FITTED_METHODS", ()):
+        pytest.skip("method colour_dct is not available in this build")
+    from torch_dedup.hashing.colour_dct import cosine_for_threshold
+    common = [str(sample_npz), "--method", "colour_dct", "--hash-size", "16", "-T", "24", "--no-progress",
+              "--cache-dir", str(tmp_path)]
+    assert main(["sweep", *common, "--json"]) == 0
+    got = json.loads(capsys.readouterr().out)
+    assert got["bits"] == 256
+    assert [r["cosine"] for r in got["sweep"]] == [round(cosine_for_threshold(t, 256), 6) for t in range(25)]
+    assert main(["sweep", *common]) == 0
+    text = capsys.readouterr().out
+    assert "cosine" in text.splitlines()[1] and "cos(pi t / 256)" in text
 
 
 def test_sweep_plot_without_matplotlib_names_the_extra(sample_npz, tmp_path):

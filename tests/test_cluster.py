@@ -9,6 +9,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+import torch_dedup.hamming.cluster as cluster
 from naive import distance_matrix, popcount
 from torch_dedup.hamming.cluster import find_duplicates, keep_from_pairs, sweep_thresholds, sweep_thresholds_by_class
 from torch_dedup.plan import DedupPlan
@@ -195,6 +196,50 @@ def test_sweep_equals_find_duplicates_at_every_threshold(case, top):
         for s in (0, top):
             counts = find_duplicates(h, s, **no_against).per_class_counts()
             assert by.kept[s].tolist() == [counts[int(c)][1] for c in by.classes]
+
+
+def naive_pair_histogram(h, top, labels=None, per_class=False, valid=None, **_):
+    """Item pairs ``i < j`` at each distance ``0..top`` by brute force (valid items; one label under per_class)."""
+    rows = h.reshape(len(h), -1 if len(h) else 1)
+    d = distance_matrix(rows, rows)
+    ok = np.ones(len(h), bool) if valid is None else np.asarray(valid, bool)
+    mask = np.triu(np.ones_like(d, bool), k=1) & ok[:, None] & ok[None, :] & (d <= top)
+    if per_class:
+        mask &= np.asarray(labels)[:, None] == np.asarray(labels)[None, :]
+    return np.bincount(d[mask], minlength=top + 1)[:top + 1].tolist()
+
+
+@settings(max_examples=120, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(cases(), st.integers(0, 14), st.booleans())
+def test_sweep_pairs_equal_brute_force_held_and_streamed(case, top, stream):
+    h, t, kw = case
+    memory_limit = 1 << 20 if stream else None
+    saved = cluster._PAIR_BYTES
+    try:
+        if stream:  # no pair fits: the decision and the pair counts stream
+            cluster._PAIR_BYTES = 1 << 40
+        plan = find_duplicates(h, t, sweep_max=top, memory_limit=memory_limit, **kw)
+    finally:
+        cluster._PAIR_BYTES = saved
+    want = naive_pair_histogram(h, top, **kw)
+    assert plan.sweep_pairs.dtype == np.int64 and plan.sweep_pairs.tolist() == want
+    assert plan.sweep_pairs_within.tolist() == np.cumsum(want).tolist()
+    assert find_duplicates(h, t, **kw).sweep_pairs is None
+
+
+def test_sweep_pairs_of_large_exact_groups_and_composite_codes():
+    # 20k copies of two values one bit apart: 2 * C(10k, 2) pairs at 0, 10k^2 at 1, counted per key
+    h = np.zeros(20_000, np.uint64)
+    h[::2] = 1
+    plan = find_duplicates(h, 1, sweep_max=2)
+    assert plan.sweep_pairs.tolist() == [2 * (10_000 * 9_999 // 2), 10_000 ** 2, 0]
+    by_class = find_duplicates(h, 1, labels=np.arange(20_000) % 3, per_class=True, sweep_max=1)
+    m1, m0 = np.bincount(np.arange(0, 20_000, 2) % 3), np.bincount(np.arange(1, 20_000, 2) % 3)  # per label
+    at_0 = int((m1 * (m1 - 1) // 2).sum() + (m0 * (m0 - 1) // 2).sum())
+    assert by_class.sweep_pairs.tolist() == [at_0, int((m1 * m0).sum())]
+    # a composite code (two 64-bit words side by side): the distance is the sum over the words
+    rows = np.array([[0, 0], [1, 0], [1, 3], [7, 7]], np.uint64)
+    assert find_duplicates(rows, 0, sweep_max=4).sweep_pairs.tolist() == naive_pair_histogram(rows, 4)
 
 
 def test_worked_example():

@@ -193,6 +193,11 @@ HOSTILE = {
     "conflict_same_label": (None, "conflict_same_label"),
     "leak_not_listed": (None, "leak_not_listed"),
     "sweep_negative": (None, _poke("sweep", 0, -5)),
+    "sweep_pairs_negative": (None, _poke("sweep_pairs", 1, -1)),
+    "sweep_pairs_too_many": (None, _poke("sweep_pairs", 0, 300 * 299 // 2 + 1)),
+    "sweep_pairs_wrong_length": (None, lambda a: a.__setitem__("sweep_pairs", a["sweep_pairs"][:-1])),
+    "sweep_pairs_unflagged": (_set("has_sweep_pairs", False), None),
+    "sweep_pairs_without_sweep": (_set("has_sweep", False), lambda a: a.pop("sweep")),
 }
 
 
@@ -232,6 +237,32 @@ def test_hostile_but_checksummed_files_raise_plan_error(tmp_path, name):
     with pytest.raises(PlanError, match=f"{name}.tdp") as info:
         DedupPlan.load(path)
     assert isinstance(info.value, StoreError)
+
+
+def test_sweep_pairs_in_summary_and_round_trip(tmp_path):
+    plan = make_plan()
+    assert plan.sweep_pairs.shape == plan.sweep.shape and plan.sweep_pairs.dtype == np.int64
+    assert plan.sweep_pairs_within.tolist() == np.cumsum(plan.sweep_pairs).tolist()
+    assert not plan.sweep_pairs.flags.writeable
+    d = plan.summary_dict()
+    assert d["sweep_pairs"] == plan.sweep_pairs.tolist()
+    within = ", ".join(f"{t}:{v}" for t, v in enumerate(plan.sweep_pairs_within.tolist()))
+    assert f"near-duplicate pairs within threshold: {within}" in plan.summary()
+    back = DedupPlan.load(plan.save(tmp_path / "p.tdp"))
+    assert back.sweep_pairs.tolist() == plan.sweep_pairs.tolist()
+    no_sweep = find_duplicates(np.arange(4, dtype=np.uint64), 1)
+    assert no_sweep.sweep_pairs is None and no_sweep.sweep_pairs_within is None
+    assert no_sweep.summary_dict()["sweep_pairs"] is None and "pairs within" not in no_sweep.summary()
+
+
+def test_plan_file_from_before_sweep_pairs_still_loads(tmp_path):
+    # a file as written before sweep_pairs existed: a sweep, no sweep_pairs array and no flag
+    def old_meta(meta):
+        meta.pop("has_sweep_pairs")
+
+    path = _rewrite(tmp_path, make_plan(), "old.tdp", old_meta, lambda a: a.pop("sweep_pairs"))
+    back = DedupPlan.load(path)
+    assert back.sweep is not None and back.sweep_pairs is None and back.sweep_pairs_within is None
 
 
 def test_check_compatible(tmp_path):

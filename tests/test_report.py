@@ -21,27 +21,44 @@ from test_cli import run, smooth_image
 from torch_dedup.cli import main
 from torch_dedup.hamming.cluster import find_duplicates
 from torch_dedup.hashing import hash_array
-from torch_dedup.report import duplicate_groups, to_pil, write_contact_sheet, write_html_report
+from torch_dedup.report import (
+    borderline_pairs,
+    duplicate_groups,
+    threshold_cosines,
+    to_pil,
+    write_contact_sheet,
+    write_html_report,
+)
 from torch_dedup.embedded import CLASSES, load_sample
 
 
 class Page(HTMLParser):
-    """Groups, figures, images and page links of one report page."""
+    """Groups, borderline pairs, the by-threshold table, figures, images and page links of one report page."""
 
     def __init__(self, path: Path):
         super().__init__()
-        self.groups, self.imgs, self.links = [], [], []
-        self._fig = None
+        self.groups, self.pairs, self.rows, self.imgs, self.links = [], [], [], [], []
+        self._fig = self._box = self._row = None
         self.feed(path.read_text(encoding="utf-8"))
 
     def handle_starttag(self, tag, attrs):
         a = dict(attrs)
         if tag == "section" and a.get("class") == "group":
-            self.groups.append({"kept": int(a["data-kept"]), "size": int(a["data-size"]), "figures": []})
+            self._box = {"kept": int(a["data-kept"]), "size": int(a["data-size"]), "figures": []}
+            self.groups.append(self._box)
+        elif tag == "div" and a.get("class") == "pair":
+            self._box = {"kept": int(a["data-kept"]), "removed": int(a["data-removed"]),
+                         "distance": int(a["data-distance"]), "figures": []}
+            self.pairs.append(self._box)
+        elif tag == "tr" and "data-threshold" in a:
+            self._row = {"threshold": int(a["data-threshold"]), "chosen": a.get("class") == "chosen", "cells": []}
+            self.rows.append(self._row)
+        elif tag == "td" and self._row is not None:
+            self._row["cells"].append("")
         elif tag == "figure":
             self._fig = {"class": a["class"], "index": int(a["data-index"]), "distance": int(a["data-distance"]),
                          "text": ""}
-            self.groups[-1]["figures"].append(self._fig)
+            self._box["figures"].append(self._fig)
         elif tag == "img":
             self.imgs.append(a["src"])
             if self._fig is not None:
@@ -52,10 +69,14 @@ class Page(HTMLParser):
     def handle_endtag(self, tag):
         if tag == "figure":
             self._fig = None
+        elif tag == "tr":
+            self._row = None
 
     def handle_data(self, data):
         if self._fig is not None:
             self._fig["text"] += data
+        elif self._row is not None and self._row["cells"]:
+            self._row["cells"][-1] += data
 
 
 def open_src(src: str, folder: Path) -> Image.Image:
@@ -128,11 +149,25 @@ def test_folder_report_structure(folder_report):
             assert Path(path).name in f["text"] and ds.classes[label] in f["text"]
             with open_src(f["src"], out) as im:
                 assert im.size[0] > 0
-        assert len(page.imgs) == len(figs)
+        assert len(page.imgs) == len(figs) + 2 * len(page.pairs)
         seen.append(page.links)
     assert seen == [[("next", "page-2.html")] * 2, [("prev", "index.html")] * 2]  # nav above and below
     with Image.open(info["contact_sheet"]) as sheet:
         assert sheet.format == "PNG" and sheet.height >= 2 * 64
+
+
+def test_folder_report_pairs_by_threshold_match_imagehash(folder_report):
+    _, _, info, _, hashes = folder_report
+    top = T + max(2, T // 2)  # the report's default sweep
+    d = [hashes[i] - hashes[j] for i in range(len(hashes)) for j in range(i + 1, len(hashes))]
+    want = np.bincount(np.array(d, np.int64), minlength=65)[:top + 1]
+    assert info["sweep_max"] == top and info["sweep_pairs"] == want.tolist()
+    rows = Page(Path(info["pages"][0])).rows
+    assert [r["threshold"] for r in rows] == list(range(top + 1))
+    assert [r["threshold"] for r in rows if r["chosen"]] == [T]
+    assert [int(r["cells"][1]) for r in rows] == want.tolist()  # threshold, pairs at d, pairs within t, ...
+    assert [int(r["cells"][2]) for r in rows] == np.cumsum(want).tolist()
+    assert not Page(Path(info["pages"][1])).rows  # the table is on the first page only
 
 
 @pytest.fixture(scope="module")
@@ -165,6 +200,16 @@ def test_sample_report_inline_matches_python_api(sample_report):
             assert CLASSES[labels[f["index"]]] in f["text"]
             with open_src(f["src"], out) as im:  # a valid PNG data: URI of the very image
                 np.testing.assert_array_equal(np.asarray(im), images[f["index"]])
+    # the first page opens with the borderline pairs at t=8 (phash distances are even here: all at 8)
+    swept = find_duplicates(hash_array(images), 8, labels=labels, sweep_max=12)
+    assert info["sweep_pairs"] == swept.sweep_pairs.tolist() and info["borderline_shown"] == 24
+    edge = pages[0].pairs
+    assert [(p["kept"], p["removed"], p["distance"]) for p in edge] == [tuple(b) for b in borderline_pairs(plan, 24)]
+    for p in edge:
+        assert [(f["index"], f["class"], f["distance"]) for f in p["figures"]] == \
+            [(p["kept"], "kept", 0), (p["removed"], "removed", p["distance"])]
+        assert p["distance"] in (7, 8) and plan.representative[p["removed"]] == p["kept"]
+    assert not pages[1].pairs
 
 
 CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
@@ -216,6 +261,65 @@ def test_duplicate_groups_order_and_caps():
         duplicate_groups(plan, max_groups=0)
 
 
+def test_borderline_pairs_are_the_removals_at_the_edge():
+    rng = np.random.default_rng(5)
+    centres = rng.integers(0, 2**64, 20, dtype=np.uint64)
+    flips = [np.uint64(0)] + [np.uint64((1 << k) - 1) for k in range(1, 7)]  # 0..6 bits from a centre
+    h = (centres[:, None] ^ np.array(flips, np.uint64)[None, rng.permutation(7)]).reshape(-1)
+    for policy in ("greedy", "components"):
+        plan = find_duplicates(h, 4, policy=policy)
+        want = sorted(((int(plan.representative[i]), int(i), int(plan.distance_to_rep[i]))
+                       for i in plan.removed_indices if plan.distance_to_rep[i] >= 3), key=lambda p: (-p[2], p[1]))
+        got = borderline_pairs(plan)
+        assert [tuple(p) for p in got] == want and want
+        assert all(p.distance in (3, 4) for p in got) or policy == "components"
+        assert [tuple(p) for p in borderline_pairs(plan, 3)] == want[:3]
+        assert [p.distance for p in borderline_pairs(plan, below=0)] == [d for *_, d in want if d >= 4]
+    with pytest.raises(ValueError, match="max_pairs"):
+        borderline_pairs(plan, -1)
+    with pytest.raises(ValueError, match="below"):
+        borderline_pairs(plan, below=-1)
+
+
+def test_html_report_shows_the_threshold_choice(tmp_path):
+    """Generated images: the table of pairs and kept items per threshold, and the borderline gallery."""
+    rng = np.random.default_rng(11)
+    n = 40
+    images = (rng.random((n, 12, 12)) * 255).astype(np.uint8)
+    h = rng.integers(0, 2**64, n, dtype=np.uint64)
+    h[1::2] = h[0::2] ^ np.uint64(0b111)  # pairs at 3 bits ...
+    h[3::4] = h[2::4] ^ np.uint64(0b11)   # ... and at 2
+    plan = find_duplicates(h, 3, sweep_max=5, settings={"method": "phash", "hash_size": 8})
+    page = Page(write_html_report(plan, lambda i: images[i], tmp_path / "r", max_borderline=4)[0])
+    assert [r["threshold"] for r in page.rows] == list(range(6)) and [r["chosen"] for r in page.rows].count(True) == 1
+    assert page.rows[3]["chosen"]
+    cells = [r["cells"] for r in page.rows]
+    assert [int(c[1]) for c in cells] == plan.sweep_pairs.tolist() == [0, 0, 10, 10, 0, 0]
+    assert [int(c[2]) for c in cells] == plan.sweep_pairs_within.tolist()
+    assert [int(c[3]) for c in cells] == plan.sweep.tolist()
+    assert [(p["kept"], p["removed"], p["distance"]) for p in page.pairs] == \
+        [tuple(b) for b in borderline_pairs(plan, 4)]
+    assert all(p["distance"] == 3 for p in page.pairs)
+    for p in page.pairs:
+        with open_src(p["figures"][1]["src"], tmp_path / "r") as im:
+            np.testing.assert_array_equal(np.asarray(im), images[p["removed"]])
+    # none asked for, and a plan without a sweep: neither section
+    bare = Page(write_html_report(find_duplicates(h, 3), lambda i: images[i], tmp_path / "b", max_borderline=0)[0])
+    assert not bare.pairs and not bare.rows and len(bare.groups) == 20
+    with pytest.raises(ValueError, match="max_borderline"):
+        write_html_report(plan, lambda i: images[i], tmp_path / "x", max_borderline=-1)
+
+
+def test_threshold_cosines_only_for_hyperplane_codes(tmp_path):
+    h = np.zeros((3, 4), np.uint64)
+    assert threshold_cosines(find_duplicates(h, 2, settings={"method": "phash"})) is None
+    hyper = find_duplicates(h, 2, sweep_max=4, settings={"method": "colour_dct"})
+    assert threshold_cosines(hyper) == pytest.approx([np.cos(np.pi * t / 256) for t in range(5)])
+    assert threshold_cosines(find_duplicates(h, 2, settings={"method": "embed"}), 1) == pytest.approx([1.0, 0.99992470])
+    rows = Page(write_html_report(hyper, lambda i: np.zeros((4, 4), np.uint8), tmp_path)[0]).rows
+    assert [float(r["cells"][1]) for r in rows] == [round(c, 3) for c in threshold_cosines(hyper)]
+
+
 def test_report_without_duplicates_and_contact_sheet(tmp_path):
     plan = find_duplicates(np.array([0, 0xFFFF], dtype=np.uint64), threshold=2)
     pages = write_html_report(plan, lambda i: np.zeros((4, 4), np.uint8), tmp_path)
@@ -251,3 +355,13 @@ def test_report_from_saved_plan_and_mismatch(tmp_path, capsys):
     assert main(["report", "sample", "--plan", str(tmp_path / "plan.tdp"), "--out", str(tmp_path / "r2"),
                  "--no-progress"]) == 2
     assert "recompute the plan" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("extra, needle", [
+    (["--borderline", "-1"], "--borderline -1"),
+    (["-t", "6", "--max-threshold", "3"], "--max-threshold 3: must be in [6, 64]"),
+    (["--max-threshold", "9", "--plan", "p.tdp"], "--plan"),
+])
+def test_report_threshold_flags_are_checked(tmp_path, capsys, extra, needle):
+    assert main(["report", "sample", "--out", str(tmp_path / "r"), "--no-progress", *extra]) == 2
+    assert needle in capsys.readouterr().err

@@ -84,6 +84,13 @@ def _problem(p: DedupPlan) -> str | None:
             return bad
         if len(p.sweep) == 0 or np.any(p.sweep < 0) or np.any(p.sweep > n):
             return f"sweep values must lie in [0, {n}] and there must be at least one"
+    if p.sweep_pairs is not None:
+        if p.sweep is None:
+            return "sweep_pairs without sweep (both come from one sweep)"
+        if bad := _check_array("sweep_pairs", p.sweep_pairs, np.int64, (len(p.sweep),)):
+            return bad
+        if np.any(p.sweep_pairs < 0) or sum(p.sweep_pairs.tolist()) > n * (n - 1) // 2:
+            return f"sweep_pairs must be pair counts >= 0 adding up to at most n(n-1)/2 = {n * (n - 1) // 2}"
     bits = p.settings.get("hash_bits")
     if bits is not None and (not isinstance(bits, int) or isinstance(bits, bool) or bits <= 0 or p.threshold > bits):
         return f"settings hash_bits={bits!r} is not a positive int >= threshold {p.threshold}"
@@ -184,6 +191,11 @@ class DedupPlan:
             row; ``None`` unless asked for (``find_duplicates(..., leak_pairs=True)``), as
             it can be large. ``against_row`` counts rows of the ``against`` hashes.
         sweep: ``(T+1,) int64`` kept count at thresholds ``0..T``, or None.
+        sweep_pairs: ``(T+1,) int64`` item pairs ``i < j`` at Hamming distance exactly
+            ``d`` for ``d = 0..T`` (from the sweep's search), or None; its cumulative sum
+            (:attr:`sweep_pairs_within`) is the number of near-duplicate pairs at each
+            threshold. Pairs of hashed items (leaked ones included); under ``per_class``
+            only pairs with one label.
         settings: how the plan was made (method, hash_bits, priority kind, ...).
         provenance: where the hashes came from (fingerprint, versions, sidecar, ...).
         path: the file the plan was loaded from, if any (used in error messages).
@@ -212,6 +224,7 @@ class DedupPlan:
     leaks: np.ndarray = field(default_factory=lambda: np.zeros((0, 3), np.int64))
     leak_pairs: np.ndarray | None = None
     sweep: np.ndarray | None = None
+    sweep_pairs: np.ndarray | None = None
     settings: dict = field(default_factory=dict)
     provenance: dict = field(default_factory=dict)
     path: str | None = field(default=None, repr=False)
@@ -221,7 +234,8 @@ class DedupPlan:
         if bad:
             raise ValueError(f"inconsistent DedupPlan: {bad}")
         for name in ("keep", "group", "representative", "distance_to_rep", "failed", "leaked", "labels",
-                     "label_conflicts", "label_conflict_distances", "leaks", "leak_pairs", "sweep"):
+                     "label_conflicts", "label_conflict_distances", "leaks", "leak_pairs", "sweep",
+                     "sweep_pairs"):
             value = getattr(self, name)
             if value is not None:
                 object.__setattr__(self, name, _readonly(value))
@@ -254,6 +268,11 @@ class DedupPlan:
         """Fraction of items not kept (0.0 for an empty plan)."""
         return self.n_removed / self.n if self.n else 0.0
 
+    @property
+    def sweep_pairs_within(self) -> np.ndarray | None:
+        """Near-duplicate item pairs within each threshold ``0..T`` (cumulative ``sweep_pairs``), or None."""
+        return None if self.sweep_pairs is None else np.cumsum(self.sweep_pairs, dtype=np.int64)
+
     def group_sizes(self) -> np.ndarray:
         """Items per group id, ``(G,) int64`` (a kept item plus those removed for it)."""
         g = self.group[self.group >= 0]
@@ -284,7 +303,8 @@ class DedupPlan:
         return {int(c): (int(b), int(a)) for c, b, a in zip(classes, before, after)}
 
     def summary_dict(self) -> dict:
-        """A JSON-able summary: counts, ratio, groups, conflicts, sweep, settings, provenance."""
+        """A JSON-able summary: counts, ratio, groups, conflicts, sweep (kept counts and pairs at
+        each distance), settings, provenance."""
         sizes = self.group_sizes()
         out = {
             "n": self.n, "threshold": self.threshold, "policy": self.policy, "per_class": self.per_class,
@@ -296,6 +316,7 @@ class DedupPlan:
             "largest_group": int(sizes.max()) if len(sizes) else 0,
             "n_label_conflicts": len(self.label_conflicts),
             "sweep": None if self.sweep is None else self.sweep.tolist(),
+            "sweep_pairs": None if self.sweep_pairs is None else self.sweep_pairs.tolist(),
             "settings": dict(self.settings), "provenance": dict(self.provenance),
         }
         if self.labels is not None:
@@ -317,6 +338,9 @@ class DedupPlan:
             lines.append(f"  {d['n_label_conflicts']} near-duplicate pairs across labels")
         if self.sweep is not None:
             lines.append("  kept by threshold: " + ", ".join(f"{t}:{v}" for t, v in enumerate(self.sweep.tolist())))
+        if self.sweep_pairs is not None:
+            lines.append("  near-duplicate pairs within threshold: "
+                         + ", ".join(f"{t}:{v}" for t, v in enumerate(self.sweep_pairs_within.tolist())))
         return "\n".join(lines)
 
     # ------------------------------------------------------------ checking
@@ -357,7 +381,8 @@ class DedupPlan:
         """
         meta = {"plan_version": _PLAN_VERSION, "n": self.n, "threshold": self.threshold, "policy": self.policy,
                 "per_class": self.per_class, "has_labels": self.labels is not None,
-                "has_sweep": self.sweep is not None, "has_leak_pairs": self.leak_pairs is not None,
+                "has_sweep": self.sweep is not None, "has_sweep_pairs": self.sweep_pairs is not None,
+                "has_leak_pairs": self.leak_pairs is not None,
                 "settings": self.settings, "provenance": self.provenance}
         arrays = {"keep": self.keep, "group": self.group, "representative": self.representative,
                   "distance_to_rep": self.distance_to_rep, "failed": self.failed, "leaked": self.leaked,
@@ -367,6 +392,8 @@ class DedupPlan:
             arrays["labels"] = self.labels
         if self.sweep is not None:
             arrays["sweep"] = self.sweep
+        if self.sweep_pairs is not None:
+            arrays["sweep_pairs"] = self.sweep_pairs
         if self.leak_pairs is not None:
             arrays["leak_pairs"] = self.leak_pairs
         if extra_meta is not None:
@@ -408,7 +435,9 @@ class DedupPlan:
         extras = {k[len(_EXTRA):]: arrays.pop(k) for k in list(arrays) if k.startswith(_EXTRA)}
         want = {"keep", "group", "representative", "distance_to_rep", "failed", "leaked", "label_conflicts",
                 "label_conflict_distances", "leaks"}
-        for flag, name in (("has_labels", "labels"), ("has_sweep", "sweep"), ("has_leak_pairs", "leak_pairs")):
+        # plans written before sweep_pairs existed have no has_sweep_pairs flag: they load with None
+        for flag, name in (("has_labels", "labels"), ("has_sweep", "sweep"), ("has_sweep_pairs", "sweep_pairs"),
+                           ("has_leak_pairs", "leak_pairs")):
             if meta.get(flag) is True:
                 want.add(name)
         if set(arrays) != want:
@@ -420,7 +449,8 @@ class DedupPlan:
             plan = cls(n=meta.get("n"), threshold=meta.get("threshold"), policy=meta.get("policy"),
                        per_class=meta.get("per_class"), settings=meta.get("settings"),
                        provenance=meta.get("provenance"), path=where, labels=arrays.pop("labels", None),
-                       sweep=arrays.pop("sweep", None), leak_pairs=arrays.pop("leak_pairs", None), **arrays)
+                       sweep=arrays.pop("sweep", None), sweep_pairs=arrays.pop("sweep_pairs", None),
+                       leak_pairs=arrays.pop("leak_pairs", None), **arrays)
         except (ValueError, TypeError, IndexError) as exc:
             raise PlanError(where, f"{exc}; delete it and recompute the plan") from None
         return plan, extra_meta, extras

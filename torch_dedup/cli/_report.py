@@ -1,11 +1,16 @@
-"""``torch-dedup report TARGET --out DIR``: an HTML gallery of the duplicate groups and a PNG contact sheet."""
+"""``torch-dedup report TARGET --out DIR``: an HTML gallery of the duplicate groups and a PNG contact sheet.
+
+The first page shows the choice of threshold: the borderline pairs (removed at ``t`` or
+``t - 1``) and, for a plan computed here (or saved with a sweep), pairs and kept items
+at each threshold ``0..T`` (docs/thresholds.md).
+"""
 
 from __future__ import annotations
 
 import sys
 from pathlib import Path
 
-from ._options import EXIT_OK, add_plan_options, emit_json, open_cli_target, plan_target
+from ._options import EXIT_OK, add_plan_options, emit_json, open_cli_target, options_from_args, plan_target
 
 
 def register(sub) -> None:
@@ -24,15 +29,25 @@ def register(sub) -> None:
     p.add_argument("--inline", action="store_true",
                    help="embed thumbnails in the pages as data: URIs instead of DIR/thumbs/*.png")
     p.add_argument("--sheet-groups", type=int, default=12, help="rows of the contact sheet (default 12)")
+    p.add_argument("--borderline", type=int, default=24,
+                   help="borderline pairs (removed at distance t or t-1) shown on the first page (default 24; 0: none)")
+    p.add_argument("--max-threshold", "-T", type=int, default=None,
+                   help="table of near-duplicate pairs and kept items at thresholds 0..T on the first page "
+                        "(default: t + max(2, t // 2); same search; not with --plan, which shows the plan's own "
+                        "sweep, nor for shards)")
     p.set_defaults(func=cmd_report)
 
 
 def cmd_report(args, out) -> int:
     from ..plan import DedupPlan
-    from ..report import write_contact_sheet, write_html_report
+    from ..report import borderline_pairs, write_contact_sheet, write_html_report
     for name in ("max_groups", "per_page", "max_members", "sheet_groups"):
         if getattr(args, name) < 1:
             raise ValueError(f"--{name.replace('_', '-')} {getattr(args, name)}: must be >= 1")
+    if args.borderline < 0:
+        raise ValueError(f"--borderline {args.borderline}: must be >= 0 (0 shows no borderline pairs)")
+    if args.max_threshold is not None and args.plan:
+        raise ValueError("--max-threshold: a saved plan (--plan) shows the sweep it was saved with; drop one of them")
     if _is_shards(args.target):
         return _report_shards(args, out)
     target = open_cli_target(args.target)
@@ -40,23 +55,38 @@ def cmd_report(args, out) -> int:
         plan = DedupPlan.load(args.plan)
         plan.check_compatible(target.source.n, target.source.fingerprint)
     else:
-        plan = plan_target(args, target)
+        bits = options_from_args(args).bits
+        top = args.max_threshold
+        if top is None:
+            top = min(bits, args.threshold + max(2, args.threshold // 2))
+        elif not args.threshold <= top <= bits:
+            raise ValueError(f"--max-threshold {top}: must be in [{args.threshold}, {bits}] (from the threshold "
+                             f"to the {bits} bits of the hash)")
+        plan = plan_target(args, target, sweep_max=top)
     title = f"torch_dedup: {args.target}"
     pages = write_html_report(plan, target.image_of, args.out, paths=target.paths, class_names=target.class_names,
                               max_groups=args.max_groups, max_members=args.max_members,
                               groups_per_page=args.per_page, thumb_size=args.thumb_size, inline=args.inline,
-                              title=title)
+                              title=title, max_borderline=args.borderline)
     sheet = write_contact_sheet(plan, target.image_of, Path(args.out) / "contact_sheet.png",
                                 max_groups=args.sheet_groups)
     sizes = plan.group_sizes()
     n_dup = int((sizes > 1).sum())
+    edge = borderline_pairs(plan)
     info = {"n": plan.n, "n_kept": plan.n_kept, "threshold": plan.threshold, "policy": plan.policy,
             "n_groups_with_duplicates": n_dup, "groups_shown": min(n_dup, args.max_groups),
+            "borderline_shown": min(len(edge), args.borderline), "borderline_total": len(edge),
+            "sweep_max": None if plan.sweep is None else len(plan.sweep) - 1,
+            "sweep_pairs": None if plan.sweep_pairs is None else plan.sweep_pairs.tolist(),
             "pages": [str(p) for p in pages], "contact_sheet": str(sheet)}
     if args.json:
         emit_json(info)
     else:
         out(f"{info['groups_shown']} of {n_dup} duplicate groups on {len(pages)} page(s): {pages[0]}")
+        out(f"{info['borderline_shown']} of {len(edge)} borderline pairs (removed at distance "
+            f"{plan.threshold}{f' or {plan.threshold - 1}' if plan.threshold else ''}) and "
+            + (f"pairs per threshold 0..{info['sweep_max']}" if plan.sweep is not None else "no sweep table")
+            + " on the first page")
         out(f"contact sheet: {sheet}")
     return EXIT_OK
 
@@ -68,13 +98,16 @@ def _is_shards(spec: str) -> bool:
 
 def _report_shards(args, out) -> int:
     """The same gallery for webdataset shards: the shard plan's DedupPlan, images read from the shards."""
-    from ..report import duplicate_groups, write_contact_sheet, write_html_report
+    from ..report import borderline_pairs, duplicate_groups, write_contact_sheet, write_html_report
     from ..wds import ShardPlan, plan_shards
     from ..wds.shard_images import SampleNames, ShardImages
     from ..wds.shard_urls import expand_shard_urls, shard_id
 
     if args.per_class:
         raise ValueError("--per-class: webdataset shards carry no labels torch_dedup reads; drop --per-class")
+    if args.max_threshold is not None:
+        raise ValueError("--max-threshold: the per-threshold table is not made for webdataset shards yet; use "
+                         "'torch-dedup wds plan' and 'torch-dedup sweep' on a dataset, or drop --max-threshold")
     urls = expand_shard_urls(args.target)
     if args.plan:
         splan = ShardPlan.load(args.plan)
@@ -91,10 +124,12 @@ def _report_shards(args, out) -> int:
     plan = splan.plan
     wanted = {int(i) for g in duplicate_groups(plan, args.max_groups, args.max_members) for i in g.members}
     wanted |= {int(i) for g in duplicate_groups(plan, args.sheet_groups, 10) for i in g.members}
+    wanted |= {int(i) for p in borderline_pairs(plan, args.borderline) for i in (p.kept, p.removed)}
     image_of = ShardImages(splan, wanted)
     pages = write_html_report(plan, image_of, args.out, paths=SampleNames(splan), max_groups=args.max_groups,
                               max_members=args.max_members, groups_per_page=args.per_page,
-                              thumb_size=args.thumb_size, inline=args.inline, title=f"torch_dedup: {args.target}")
+                              thumb_size=args.thumb_size, inline=args.inline, title=f"torch_dedup: {args.target}",
+                              max_borderline=args.borderline)
     sheet = write_contact_sheet(plan, image_of, Path(args.out) / "contact_sheet.png", max_groups=args.sheet_groups)
     n_dup = int((plan.group_sizes() > 1).sum())
     info = {"n": splan.n, "n_kept": splan.n_kept, "n_shards": len(splan.shards), "threshold": plan.threshold,

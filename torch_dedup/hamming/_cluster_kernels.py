@@ -26,6 +26,8 @@ __all__ = [
     "greedy_keys",
     "greedy_window",
     "lower_csr",
+    "pair_histogram_csr",
+    "pair_histogram_edges",
     "sweep_components",
     "sweep_greedy",
     "union_levels",
@@ -259,6 +261,40 @@ def sweep_components(indptr, nbr, dist, excl_level, key_class, n_classes, max_t)
             if excl_level[k] > t and _find(parent, k) == k:
                 out[t, key_class[k]] += 1
     return out
+
+
+@njit(**NJIT)
+def pair_histogram_csr(indptr, nbr, dist, mult, max_t):  # pragma: no cover - compiled
+    """Item pairs at every distance ``0..max_t``: ``out[d]``, from the key CSR.
+
+    A key stands for ``mult[k]`` items with one hash value, so its ``C(m, 2)`` inner pairs
+    lie at distance 0 and an edge ``(k, j)`` at distance ``d`` stands for ``mult[k] *
+    mult[j]`` item pairs. Edges beyond ``max_t`` (the search may run at a larger
+    threshold) are left out.
+    """
+    out = np.zeros(max_t + 1, np.int64)
+    for k in range(indptr.shape[0] - 1):
+        m = mult[k]
+        out[0] += m * (m - 1) // 2
+        for e in range(indptr[k], indptr[k + 1]):
+            d = dist[e]
+            if d <= max_t:
+                out[d] += m * mult[nbr[e]]
+    return out
+
+
+@njit(**NJIT)
+def pair_histogram_edges(ii, jj, dd, mult, cls, use_cls, max_t, out):  # pragma: no cover - compiled
+    """Fold one part of a streamed key-pair search into ``out[d]`` (item pairs at distance ``d``).
+
+    Pairs of keys of different classes are skipped when ``use_cls`` (``per_class``);
+    inner pairs of a key are not counted here.
+    """
+    for e in range(ii.shape[0]):
+        i, j, d = ii[e], jj[e], dd[e]
+        if d > max_t or (use_cls and cls[i] != cls[j]):
+            continue
+        out[d] += mult[i] * mult[j]
 
 
 @njit(**NJIT)

@@ -155,7 +155,7 @@ def _check_memory_limit(memory_limit) -> int | None:
 def _random_pair_fraction(threshold: int, bits: int) -> float:
     """Fraction of *unrelated* image pairs (independent uniform hashes) within ``threshold``:
     ``sum(C(bits, i) for i <= threshold) / 2**bits``, what a threshold removes by chance."""
-    return sum(math.comb(bits, i) for i in range(threshold + 1)) / 2.0 ** bits
+    return sum(math.comb(bits, i) for i in range(threshold + 1)) / 2 ** bits  # exact ints: 2.0**1024 overflows
 
 
 def _warn_threshold(name: str, t: int, bits: int, limit: float = _RANDOM_PAIRS_WARN) -> None:
@@ -461,7 +461,8 @@ def find_duplicates(hashes, threshold=6, *, policy="greedy", priority=None, labe
         valid: ``(N,)`` bool, False for items that failed to hash: neither kept nor
             removed (``plan.failed``), excluded from everything.
         sweep_max: also record in ``plan.sweep`` the kept count at every threshold
-            ``0..sweep_max`` (one search at ``max(threshold, sweep_max)``).
+            ``0..sweep_max``, and in ``plan.sweep_pairs`` the number of item pairs at
+            each distance ``0..sweep_max`` (one search at ``max(threshold, sweep_max)``).
         provenance: JSON-able dict stored in the plan (fingerprint, versions, sidecar).
         settings: JSON-able dict merged into ``plan.settings`` (method, hash_size, ...).
         leak_pairs: also fill ``plan.leak_pairs`` with *every* ``(item, against_row,
@@ -552,9 +553,10 @@ def find_duplicates(hashes, threshold=6, *, policy="greedy", priority=None, labe
     else:
         conflicts, conflict_d = np.zeros((0, 2), np.int64), np.zeros(0, dtype_d)
 
-    sweep = None
+    sweep = sweep_pairs = None
     if sweep_max is not None:
         sweep = _sweep_counts(g, a.policy, sweep_max, memory_limit).sum(axis=1).astype(np.int64)
+        sweep_pairs = _pair_counts(g, sweep_max)
 
     base = {"threshold": t, "policy": a.policy, "hash_bits": a.bits, "hash_words": int(a.rows.shape[1]),
             "priority": kind if a.priority is not None else "index", "per_class": a.per_class,
@@ -564,7 +566,8 @@ def find_duplicates(hashes, threshold=6, *, policy="greedy", priority=None, labe
     plan = DedupPlan(n=n, threshold=t, policy=a.policy, keep=keep, group=group, representative=rep,
                      distance_to_rep=dist, failed=~a.valid, leaked=leaked, labels=a.labels, per_class=a.per_class,
                      label_conflicts=conflicts.astype(np.int64), label_conflict_distances=conflict_d.astype(dtype_d),
-                     leaks=leaks.astype(np.int64).reshape(-1, 3), leak_pairs=all_leaks, sweep=sweep, settings=base,
+                     leaks=leaks.astype(np.int64).reshape(-1, 3), leak_pairs=all_leaks, sweep=sweep,
+                     sweep_pairs=sweep_pairs, settings=base,
                      provenance=dict(provenance or {}))
     logger.debug("find_duplicates: %d items, threshold %d, %s: kept %d, removed %d, leaked %d, failed %d",
                 n, t, a.policy, plan.n_kept, len(live) - plan.n_kept, len(leaked_idx), n - len(g.vidx))
@@ -646,6 +649,27 @@ def _sweep_counts(g: _Graph, policy: str, max_t: int, memory_limit: int | None) 
     for s in range(max_t + 1):
         roots = _k.component_leaders(parents[s], g.excl_level, s) == np.arange(len(g.key_rows))
         out[s] = np.bincount(g.key_class[roots], minlength=g.n_classes)
+    return out
+
+
+def _pair_counts(g: _Graph, max_t: int) -> np.ndarray:
+    """Item pairs ``i < j`` at exactly each distance ``0..max_t``, ``(max_t + 1,)`` int64.
+
+    Pairs of hashed (valid) items, ``against`` leaks included; under ``per_class`` only
+    pairs of one label, the only ones that can be duplicates. Exact either way: held
+    pairs are counted in one pass over the key CSR; streamed ones (past ``memory_limit``)
+    in one more search at ``max_t``, folded into the histogram as they stream, so nothing
+    is held and nothing is estimated.
+    """
+    mult = np.bincount(g.item_key, minlength=len(g.best)).astype(np.int64)
+    if not g.streamed:
+        return _k.pair_histogram_csr(g.indptr, g.nbr, g.dist, mult, max_t)
+    out = np.zeros(max_t + 1, np.int64)
+    out[0] = int((mult * (mult - 1) // 2).sum())  # inner pairs of a key: one hash value
+    _stream_distinct(g.key_rows, None, max_t,
+                     lambda ii, jj, dd: _k.pair_histogram_edges(ii, jj, dd, mult, g.key_class, g.per_class,
+                                                                max_t, out),
+                     workers=_check_workers(None))
     return out
 
 
