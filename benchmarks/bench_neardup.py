@@ -21,7 +21,13 @@ For each method everything is hashed once, in this process, and then:
   (a randomised threshold) so that every method is read at exactly 1 % / 4 %.
 * the flagged share and the recall at the threshold the method would be used at: 6 bits
   per 64-bit part (6, 12, 18, 24), the library's default ``threshold=6`` scaled with the
-  code length (``colour_dct``: its module's ``DEFAULT_THRESHOLD`` when it has one).
+  code length (``colour_dct``: its module's ``DEFAULT_THRESHOLD`` scaled from 256 bits).
+
+colour_dct is fitted the way the library fits it: ``fit_colour_dct_images`` on a seeded
+sample of at most 20,000 images of the planted training set (train + copies); its rows are
+the 256- and 512-bit codes and ``colour_dct cosine``, the exact float cosine of the whitened
+features (what re-checking Hamming candidates with ``ColourDctFit.cosine`` can reach at
+best), read as the distance ``arccos(cos) / pi * 4096``.
 
 Distances are exact: each query's nearest neighbour over the whole index by a numba
 popcount scan (10,000 x 50,000 at 256 bits takes seconds). A gallery of what each method
@@ -65,6 +71,13 @@ METHODS = (
     ("phash+dhash+ahash", "phash+dhash+ahash", 8),
 )
 COLOUR_DCT = "colour_dct 256"
+COLOUR_DCT_512 = "colour_dct 512"
+#: The exact float cosine of the whitened features (what a re-check of Hamming candidates
+#: reads), as a distance ``arccos(cos) / pi * COSINE_LEVELS`` (so ``t / levels`` reads like ``hamming / bits``).
+COLOUR_DCT_COSINE = "colour_dct cosine"
+COSINE_LEVELS = 4096
+#: Images the colour_dct fit sees at most: the library fits on a seeded sample of this size.
+FIT_SAMPLE = 20_000
 TARGETS = (0.01, 0.04)
 
 
@@ -240,15 +253,45 @@ def hash_method(label: str, method: str, hash_size: int, train, test, copies) ->
     return Codes(label, *parts, bits=bits, default_t=round(6 * bits / 64), seconds=time.perf_counter() - t0)
 
 
-def hash_colour_dct(mod, train, test, copies, bits: int = 256) -> Codes:
-    """colour_dct codes: fitted on the training images, the same fit applied to test and copies."""
+def fit_sample(n: int, seed: int, limit: int | None = None) -> np.ndarray:
+    """Sorted indices of the seeded sample (at most ``limit``, default :data:`FIT_SAMPLE`, of ``n``)
+    the colour_dct fit sees."""
+    limit = FIT_SAMPLE if limit is None else limit
+    rng = np.random.default_rng(seed + 2)
+    return np.arange(n) if n <= limit else np.sort(rng.choice(n, limit, replace=False))
+
+
+@dataclass
+class ColourDctRun:
+    """colour_dct codes at each code length, the whitened features, and the fit's cost."""
+    codes: list           # Codes, one per code length
+    whitened: tuple       # (train, test, copies) float32 whitened features, for the cosine row
+    fit_seconds: float    # one fit_colour_dct_images call (decoding its sample included)
+    n_fit: int
+
+
+def hash_colour_dct(mod, train, test, copies, seed: int = 0, bits=(256,)) -> ColourDctRun:
+    """colour_dct codes the way the library makes them: ``fit_colour_dct_images`` on a seeded
+    sample (at most :data:`FIT_SAMPLE`) of the planted training set (train + copies), the same
+    fit applied to train, test and copies. One fit per code length (same seed)."""
     t0 = time.perf_counter()
     feats = [mod.colour_dct_features(p) for p in (train, test, copies)]
-    fit = mod.fit_colour_dct(feats[0], bits=bits)
-    parts = [_as_words(fit.codes(f)) for f in feats]
-    default_t = getattr(mod, "DEFAULT_THRESHOLD", None)
-    default_t = round(6 * bits / 64) if default_t is None else int(default_t)
-    return Codes(COLOUR_DCT, *parts, bits=bits, default_t=default_t, seconds=time.perf_counter() - t0)
+    t_feat = time.perf_counter() - t0
+    planted = list(train) + list(copies)
+    pick = fit_sample(len(planted), seed)
+    default = getattr(mod, "DEFAULT_THRESHOLD", None)
+    out, whitened, fit_s = [], None, []
+    for b in bits:
+        t1 = time.perf_counter()
+        fit = mod.fit_colour_dct_images([planted[i] for i in pick], bits=b)
+        fit_s.append(time.perf_counter() - t1)
+        parts = [_as_words(fit.codes(f)) for f in feats]
+        default_t = round(6 * b / 64) if default is None else round(int(default) * b / 256)
+        out.append(Codes(f"colour_dct {b}", *parts, bits=b, default_t=default_t,
+                         seconds=t_feat + time.perf_counter() - t1))
+        if whitened is None and hasattr(fit, "whiten"):
+            whitened = tuple(np.asarray(fit.whiten(f), dtype=np.float32) for f in feats)
+    return ColourDctRun(out, whitened, min(fit_s), len(pick))
 
 
 # --------------------------------------------------------------------------- exact nearest neighbours
@@ -351,6 +394,45 @@ def evaluate(codes: Codes, originals: np.ndarray) -> Result:
     return Result(codes.label, codes.bits, codes.seconds, codes.default_t, share, found_at, test_d, test_j)
 
 
+def _unit(z: np.ndarray) -> np.ndarray:
+    n = np.linalg.norm(z, axis=1, keepdims=True)
+    return (z / np.where(n > 0, n, 1)).astype(np.float32)
+
+
+def _cos_nearest(q: np.ndarray, idx: np.ndarray, skip_a=None, skip_b=None, chunk: int = 1024):
+    """Each unit query row's largest cosine over unit ``idx`` rows (``skip_*`` rows left out) and its row."""
+    best = np.empty(len(q))
+    arg = np.empty(len(q), dtype=np.int64)
+    for s in range(0, len(q), chunk):
+        sims = q[s:s + chunk] @ idx.T
+        rows = np.arange(sims.shape[0])
+        for skip in (skip_a, skip_b):
+            if skip is not None:
+                sims[rows, skip[s:s + chunk]] = -np.inf
+        arg[s:s + chunk] = sims.argmax(1)
+        best[s:s + chunk] = sims[rows, arg[s:s + chunk]]
+    return best, arg
+
+
+def _cos_level(cos: np.ndarray) -> np.ndarray:
+    return np.ceil(np.arccos(np.clip(cos, -1, 1)) / np.pi * COSINE_LEVELS - 1e-9).astype(np.int64)
+
+
+def evaluate_cosine(whitened: tuple, originals: np.ndarray, seconds: float, default_t: int) -> Result:
+    """:func:`evaluate` on the exact cosine of whitened features (brute force, float32 BLAS)."""
+    tr, te, cp = (_unit(z) for z in whitened)
+    test_c, test_j = _cos_nearest(te, tr)
+    test_d = _cos_level(test_c)
+    share = np.array([np.mean(test_d <= t) for t in range(COSINE_LEVELS + 1)])
+    index = np.concatenate([tr, cp])
+    own = len(tr) + np.arange(len(cp))
+    c_other, _ = _cos_nearest(cp, index, own, originals)
+    c_orig = np.einsum("ij,ij->i", cp, tr[originals])
+    d_orig, d_other = _cos_level(c_orig), _cos_level(c_other)
+    found_at = np.where(d_orig <= d_other, d_orig, COSINE_LEVELS + 1)
+    return Result(COLOUR_DCT_COSINE, COSINE_LEVELS, seconds, default_t, share, found_at, test_d, test_j)
+
+
 # --------------------------------------------------------------------------- gallery
 
 
@@ -445,7 +527,8 @@ def main(argv=None) -> list[Result]:
     ap.add_argument("--seed", type=int, default=0, help="seed of the choice and the edits (default 0)")
     ap.add_argument("--methods", default=None,
                     help="comma-separated labels to run (default all: " + ", ".join(m[0] for m in METHODS)
-                    + f", and {COLOUR_DCT} when torch_dedup.hashing.colour_dct exists)")
+                    + f", and {COLOUR_DCT}, {COLOUR_DCT_512}, {COLOUR_DCT_COSINE} when "
+                    "torch_dedup.hashing.colour_dct exists)")
     ap.add_argument("--out", type=Path, required=True, help="folder for edits.csv, results.md and the gallery (created)")
     args = ap.parse_args(argv)
     if args.k < 1:
@@ -492,9 +575,19 @@ def _run(args, tmp: Path) -> list[Result]:
         if wanted is None or label in wanted:
             results.append(evaluate(hash_method(label, method, size, train, test, copy_paths), originals))
             print(f"  {label}: hashed in {results[-1].seconds:.1f} s", flush=True)
-    if mod is not None and (wanted is None or COLOUR_DCT in wanted):
-        results.append(evaluate(hash_colour_dct(mod, train, test, copy_paths), originals))
-        print(f"  {COLOUR_DCT}: features, fit and codes in {results[-1].seconds:.1f} s", flush=True)
+    dct_labels = [lab for lab in (COLOUR_DCT, COLOUR_DCT_512, COLOUR_DCT_COSINE) if wanted is None or lab in wanted]
+    if mod is not None and dct_labels:
+        bits = tuple(b for b, lab in ((256, COLOUR_DCT), (512, COLOUR_DCT_512)) if lab in dct_labels) or (256,)
+        run = hash_colour_dct(mod, train, test, copy_paths, seed=args.seed, bits=bits)
+        print(f"  colour_dct: fit_colour_dct_images on {run.n_fit} images in {run.fit_seconds:.1f} s", flush=True)
+        for codes in run.codes:
+            if codes.label in dct_labels:
+                results.append(evaluate(codes, originals))
+                print(f"  {codes.label}: features, fit and codes in {codes.seconds:.1f} s", flush=True)
+        if COLOUR_DCT_COSINE in dct_labels and run.whitened is not None:
+            t = run.codes[0]
+            results.append(evaluate_cosine(run.whitened, originals, t.seconds,
+                                           round(t.default_t * COSINE_LEVELS / t.bits)))
 
     sheets = write_gallery(args.out, results, train, test, copies, seed=args.seed)
     lines = [(f"Planted {len(copies)} copies into {len(train)} training images; flagged share over "

@@ -94,28 +94,41 @@ def test_runs_end_to_end_on_a_tiny_tree(bench, tree, tmp_path, capsys):
     assert (out / "flagged_phash_64.png").is_file() and (out / "missed_phash_64.png").is_file()
 
 
-def test_colour_dct_is_fitted_on_train_and_applied_to_the_rest(bench, tree, tmp_path, monkeypatch):
+def test_colour_dct_is_fitted_on_a_sample_of_the_planted_train_and_applied_to_the_rest(bench, tree, tmp_path,
+                                                                                         monkeypatch):
     """The guarded colour_dct path, through a stand-in module with the promised API."""
     calls = []
-
-    class Fit:
-        def codes(self, features):
-            return features > 0
 
     def features(paths):
         return np.stack([np.asarray(Image.open(p).convert("L").resize((8, 8)), dtype=np.float32).ravel() - 128
                          for p in paths]).repeat(4, axis=1)
 
-    def fit(train_features, bits=256):
-        calls.append((len(train_features), bits))
-        return Fit()
+    class Fit:
+        def codes(self, f):
+            return f[:, :self.bits] > 0
 
-    fake = types.SimpleNamespace(colour_dct_features=features, fit_colour_dct=fit)
+        def whiten(self, f):
+            return f
+
+    def fit_images(images, bits=256, seed=0):
+        calls.append((len(images), bits, seed))
+        fit = Fit()
+        fit.bits = bits
+        return fit
+
+    fake = types.SimpleNamespace(colour_dct_features=features, fit_colour_dct_images=fit_images, DEFAULT_THRESHOLD=24)
     monkeypatch.setattr(bench, "colour_dct_module", lambda: fake)
-    results = bench.main(["--data", str(tree), "--k", "6", "--out", str(tmp_path / "o"),
-                          "--methods", bench.COLOUR_DCT])
-    assert [r.label for r in results] == [bench.COLOUR_DCT] and results[0].bits == 256
-    assert calls == [(120, 256)]  # fitted once, on the training images only
+    monkeypatch.setattr(bench, "FIT_SAMPLE", 100)
+    labels = [bench.COLOUR_DCT, bench.COLOUR_DCT_COSINE]
+    results = bench.main(["--data", str(tree), "--k", "6", "--out", str(tmp_path / "o"), "--methods", ",".join(labels)])
+    assert [r.label for r in results] == labels and results[0].bits == 256
+    assert results[0].default_t == 24 and results[1].bits == bench.COSINE_LEVELS
+    # fitted once, on at most FIT_SAMPLE of the 120 training images plus the 6 copies
+    assert calls == [(100, 256, 0)]
+    cos = results[1]
+    assert np.all(np.diff(cos.share) >= 0) and cos.share[-1] == 1.0 and 0 <= cos.recall_at_share(0.01) <= 1
+    assert np.array_equal(bench.fit_sample(126, 0, 100), bench.fit_sample(126, 0, 100))
+    assert len(bench.fit_sample(126, 0, 100)) == 100 and len(bench.fit_sample(50, 0, 100)) == 50
 
 
 def test_missing_data_exits_with_the_fix(bench, tmp_path):

@@ -24,6 +24,7 @@ from torch_dedup.hashing import (
     colour_dct_features,
     cosine_for_threshold,
     fit_colour_dct,
+    fit_colour_dct_images,
     threshold_for_cosine,
 )
 from torch_dedup.hashing._pack import unpack_bits
@@ -142,10 +143,24 @@ def _fit_and_codes(n: int = 300):
     return f, fit, fit.codes(f)
 
 
+def test_whiten_is_the_signed_square_root_the_codes_kernel_projects():
+    f, fit, codes = _fit_and_codes(300)
+    w = fit.whiten(f)
+    assert w.dtype == np.float32
+    d = f - fit.centre  # float32, as in the kernel
+    assert np.array_equal(w, np.copysign(np.sqrt(np.abs(d)), d) * fit.scale)
+    # a float32 projection of whiten() in the kernel's order gives the kernel's bits, wherever
+    # the sum is not within rounding of zero
+    proj = w.astype(np.float64) @ fit.planes.astype(np.float64)
+    clear = np.abs(proj) > 1e-4 * np.abs(proj).max()
+    assert np.array_equal(unpack_bits(codes, 256)[clear], proj[clear] > 0)
+
+
 def test_codes_are_sign_bits_of_the_whitened_projection():
     f, fit, codes = _fit_and_codes(200)
     assert codes.dtype == np.uint64 and codes.shape == (200, 4)
-    proj = ((f.astype(np.float64) - fit.centre) * fit.scale) @ fit.planes.astype(np.float64)
+    d = f.astype(np.float64) - fit.centre
+    proj = (np.sign(d) * np.sqrt(np.abs(d)) * fit.scale) @ fit.planes.astype(np.float64)
     bits = unpack_bits(codes, 256)
     clear = np.abs(proj) > 1e-3 * np.abs(proj).max()  # float32 and float64 agree away from zero
     assert np.array_equal(bits[clear], proj[clear] > 0)
@@ -369,3 +384,88 @@ def test_cifar10_jpeg_copies_are_found_across_train_and_test(cifar10_jpg):
         assert np.median(ranks) == 0 and (ranks == 0).mean() >= 0.7, (name, (ranks == 0).mean())
     # the same files through Pillow images and a stacked array: the same features
     assert np.array_equal(colour_dct_features(base), f[:300])
+
+
+# --------------------------------------------------------------------------- fit from images
+
+
+def _augmented_copy(a: np.ndarray, k: int) -> np.ndarray:
+    """One light edit of a colour image, by kind ``k``: a re-encode, a brightness change, greyscale."""
+    im = Image.fromarray(a)
+    if k % 3 == 0:
+        return _jpeg(a, 50)
+    if k % 3 == 1:
+        return np.asarray(ImageEnhance.Brightness(im).enhance(1.15))
+    return np.repeat(np.asarray(im.convert("L"))[..., None], 3, axis=2)
+
+
+def test_fit_from_images_equals_the_fit_on_their_features_for_every_input_kind(tmp_path):
+    imgs = _colour_images(60, size=40, seed=2)
+    fit = fit_colour_dct_images(imgs, bits=128, seed=5)
+    assert fit.fingerprint == fit_colour_dct(colour_dct_features(imgs), bits=128, seed=5).fingerprint
+    assert (fit.bits, fit.words, fit.seed, fit.n_fit) == (128, 2, 5, 60)
+    paths = []
+    for i, a in enumerate(imgs):
+        paths.append(tmp_path / f"{i}.png")
+        Image.fromarray(a).save(paths[-1])
+    assert fit_colour_dct_images(paths, bits=128, seed=5).fingerprint == fit.fingerprint
+    assert fit_colour_dct_images([Image.fromarray(a) for a in imgs], bits=128, seed=5).fingerprint == fit.fingerprint
+    assert fit_colour_dct_images(imgs, bits=128, seed=6).fingerprint != fit.fingerprint
+
+
+def test_fit_from_images_is_the_same_in_another_process_and_round_trips(tmp_path):
+    imgs = _colour_images(80, size=32, seed=3)
+    np.save(tmp_path / "x.npy", imgs)
+    fit = fit_colour_dct_images(imgs, bits=192, seed=11)
+    script = (
+        "import sys, numpy as np\n"
+        "from torch_dedup.hashing import fit_colour_dct_images\n"
+        "print(fit_colour_dct_images(np.load(sys.argv[1]), bits=192, seed=11).fingerprint)\n"
+    )
+    out = subprocess.run([sys.executable, "-c", script, str(tmp_path / "x.npy")], capture_output=True, text=True,
+                         check=True, cwd=ROOT, env={"NUMBA_NUM_THREADS": "2", "PATH": "/usr/bin:/bin"})
+    assert out.stdout.strip() == fit.fingerprint
+    arrays, meta = fit.to_arrays()
+    assert meta["transform"] == "signed_sqrt" and meta["version"] == "colour_dct/2"
+    again = ColourDctFit.from_arrays({k: v.copy() for k, v in arrays.items()}, json.loads(json.dumps(meta)))
+    f = colour_dct_features(imgs)
+    assert again.fingerprint == fit.fingerprint and np.array_equal(again.codes(f), fit.codes(f))
+    assert np.array_equal(again.whiten(f), fit.whiten(f))
+    for key in ("power", "chroma_weight", "seed"):
+        with pytest.raises(ValueError, match="fingerprint .* does not match"):
+            ColourDctFit.from_arrays(arrays, dict(meta, **{key: meta[key] + 1}))
+    with pytest.raises(ValueError, match="version 'colour_dct/1'.*refit"):
+        ColourDctFit.from_arrays(arrays, dict(meta, version="colour_dct/1"))
+
+
+def test_an_augmented_copy_is_closer_than_a_random_image():
+    imgs = _colour_images(400, size=32, seed=4)
+    fit = fit_colour_dct_images(imgs)
+    base = imgs[:120]
+    copies = np.stack([_augmented_copy(a, k) for k, a in enumerate(base)])
+    fb, fc = colour_dct_features(base), colour_dct_features(copies)
+    own = fit.cosine(fb, fc)
+    other = fit.cosine(fb, np.roll(fc, 1, axis=0))  # each image against another image's copy
+    assert (own > other).mean() >= 0.95, (own > other).mean()
+    ranks = _rank_of_copies(base, copies, fit)
+    assert (ranks == 0).mean() >= 0.8, (ranks == 0).mean()
+
+
+@pytest.mark.parametrize("kwargs,match", [
+    ({"bits": 100}, r"bits=100 must be a multiple of 64 in \[64, 1024\]"),
+    ({"bits": 2048}, "bits"),
+    ({"bits": "256"}, "bits"),
+    ({"seed": -1}, "seed"),
+])
+def test_fit_from_images_arguments_are_checked_with_the_fix(kwargs, match):
+    with pytest.raises(ValueError, match=match):
+        fit_colour_dct_images(_colour_images(3, size=32), **kwargs)
+
+
+def test_fit_from_images_refuses_empty_or_single_inputs_with_the_fix():
+    with pytest.raises(ValueError, match="images is empty.*at least one image"):
+        fit_colour_dct_images([])
+    with pytest.raises(ValueError, match=r"wrap it in a list"):
+        fit_colour_dct_images(Image.new("RGB", (8, 8)))
+    with pytest.raises(ValueError, match=r"images\[1\] has unsupported type int"):
+        fit_colour_dct_images([np.zeros((8, 8, 3), np.uint8), 3])

@@ -197,7 +197,11 @@ def _code_block(features, lo, hi, centre, scale, planes, z, acc, words):  # prag
     m = hi - lo
     for r in range(m):
         for k in range(d):
-            z[r, k] = (features[lo + r, k] - centre[k]) * scale[k]
+            # signed square root of the centred value, then the weight: float32 sqrt is
+            # correctly rounded (IEEE 754), so numpy's whiten() gives the same bits
+            t = features[lo + r, k] - centre[k]
+            v = np.sqrt(np.abs(t)) * scale[k]
+            z[r, k] = -v if t < _F0 else v
         for j in range(bits):
             acc[r, j] = _F0
     # four hyperplane rows per pass, summed pairwise before they reach the accumulator:
@@ -235,7 +239,7 @@ def _code_block(features, lo, hi, centre, scale, planes, z, acc, words):  # prag
 
 @njit(**NJIT)
 def codes_kernel(features, centre, scale, planes, words):  # pragma: no cover - jitted
-    """Sign bits of ``((f - centre) * scale) @ planes``, first bit the MSB of word 0."""
+    """Sign bits of ``(sign(f - centre) * sqrt(|f - centre|) * scale) @ planes``, first bit the MSB of word 0."""
     d, bits = planes.shape
     n = features.shape[0]
     z = np.empty((_BLOCK, d), dtype=np.float32)

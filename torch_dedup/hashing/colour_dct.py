@@ -6,10 +6,13 @@ always compared in one space:
 1. :func:`colour_dct_features`: per image, YCbCr at 32x32, the orthonormal 2-D DCT-II of
    each channel, and its low frequencies without the DC term: Y 8x8 and Cb, Cr 6x6 each,
    ``63 + 35 + 35 = 133`` float32 numbers. Depends on the image alone.
-2. :func:`fit_colour_dct` learns, once, per coefficient a centre (median) and a scale
-   (``spread ** -power``, spread a robust standard deviation) from a dataset's features,
-   plus seeded Gaussian hyperplanes; :meth:`ColourDctFit.codes` turns any features into
-   ``bits``-bit sign codes, packed like every hash of the library, which
+2. :func:`fit_colour_dct` (or :func:`fit_colour_dct_images`, from images) learns, once,
+   per coefficient a centre (median) and a weight from a dataset's features, plus seeded
+   Gaussian hyperplanes. The whitened vector is ``scale * sign(f - centre) *
+   sqrt(|f - centre|)``: the signed square root evens out the coefficients' magnitudes
+   within each image (a few large low frequencies no longer decide the cosine), which on
+   CIFAR-10 beats every per-coefficient scaling tried. :meth:`ColourDctFit.codes` turns
+   any features into ``bits``-bit sign codes, packed like every hash of the library, which
    :func:`torch_dedup.hamming.hamming_pairs` searches exactly. A fit is stored as plain
    arrays and a small JSON-able dict (:meth:`ColourDctFit.to_arrays`), with a fingerprint.
 
@@ -49,18 +52,20 @@ __all__ = [
     "cosine_for_threshold", "fit_colour_dct", "fit_colour_dct_images", "threshold_for_cosine",
 ]
 
-#: Names the feature definition (size, colour transform, resample, DCT block). Stored with
-#: every fit; it changes whenever a feature value could change.
-COLOUR_DCT_VERSION = "colour_dct/1"
+#: Names the feature definition (size, colour transform, resample, DCT block) and the
+#: meaning of a fit's arrays (2: signed square root before the weights). Stored with every
+#: fit; it changes whenever a feature value or a code bit could change.
+COLOUR_DCT_VERSION = "colour_dct/2"
 _SIZE = 32
 _Y_KEEP = 8
 _C_KEEP = 6
 #: Feature dimensions: Y 8x8 and Cb, Cr 6x6 each, DC dropped.
 COLOUR_DCT_DIMS = (_Y_KEEP * _Y_KEEP - 1) + 2 * (_C_KEEP * _C_KEEP - 1)
-#: A starting Hamming threshold for the default 256-bit codes: on CIFAR-10 (fit on train),
-#: about 1 % of the test images have a training image within it (cosine ~0.955). For other
-#: code lengths: ``threshold_for_cosine(cosine_for_threshold(DEFAULT_THRESHOLD, 256), bits)``.
-DEFAULT_THRESHOLD = 24
+#: A starting Hamming threshold for the default 256-bit codes: on CIFAR-10 (fit by
+#: fit_colour_dct_images on 20,000 training images), 0.91 % of the test images have a training
+#: image within it (cosine ~0.964; 24 flags 1.13 %). For other code lengths:
+#: ``threshold_for_cosine(cosine_for_threshold(DEFAULT_THRESHOLD, 256), bits)``.
+DEFAULT_THRESHOLD = 22
 #: Robust standard deviation of a normal from its median absolute deviation.
 _MAD_TO_STD = 1.482602218505602
 #: Images per kernel call at most (bounds the stacked copy of a list of images).
@@ -304,7 +309,8 @@ def _check_bits(bits) -> int:
 def _check_power(power) -> float:
     if isinstance(power, bool) or not isinstance(power, (int, float, np.floating, np.integer)) \
             or not math.isfinite(float(power)) or not 0.0 <= float(power) <= 2.0:
-        raise ValueError(f"power={power!r} must be a number in [0, 2] (0: no whitening, 1: full; 0.75 is the default)")
+        raise ValueError(f"power={power!r} must be a number in [0, 2] (0.5: square-rooted scale, the default; "
+                         f"1: unit spread)")
     return float(power)
 
 
@@ -312,7 +318,7 @@ def _check_chroma_weight(chroma_weight) -> float:
     if isinstance(chroma_weight, bool) or not isinstance(chroma_weight, (int, float, np.floating, np.integer)) \
             or not math.isfinite(float(chroma_weight)) or not 0.0 <= float(chroma_weight) <= 4.0:
         raise ValueError(f"chroma_weight={chroma_weight!r} must be a number in [0, 4] (1: plain whitening, "
-                         f"0: luma only; 0.3 is the default)")
+                         f"0: luma only; 0.1 is the default)")
     return float(chroma_weight)
 
 
@@ -325,7 +331,7 @@ def _frozen(arr: np.ndarray) -> np.ndarray:
 def _fingerprint(meta: dict, centre: np.ndarray, scale: np.ndarray, planes: np.ndarray) -> str:
     """BLAKE2b of the defining settings and the exact little-endian float32 bytes of the arrays."""
     h = hashlib.blake2b(digest_size=16)
-    keys = ("version", "dims", "bits", "power", "seed", "chroma_weight", "centre", "spread")
+    keys = ("version", "dims", "bits", "power", "seed", "chroma_weight", "centre", "spread", "transform")
     h.update(json.dumps({k: meta[k] for k in keys}, sort_keys=True, separators=(",", ":")).encode())
     for arr in (centre, scale, planes):
         h.update(np.ascontiguousarray(arr, dtype="<f4").tobytes())
@@ -343,7 +349,8 @@ class ColourDctFit:
 
     Attributes:
         centre: float32 ``(133,)`` per-coefficient median of the fit's features.
-        scale: float32 ``(133,)`` per-coefficient ``spread ** -power``.
+        scale: float32 ``(133,)`` per-coefficient weight ``spread ** (0.5 - power)``,
+            times ``chroma_weight`` for Cb and Cr.
         planes: float32 ``(133, bits)`` seeded Gaussian hyperplanes.
         bits: code length, a multiple of 64 in [64, 1024].
         power: the whitening power the scale was made with.
@@ -360,7 +367,7 @@ class ColourDctFit:
     power: float
     seed: int
     n_fit: int
-    chroma_weight: float = 1.0
+    chroma_weight: float = 0.1
     fingerprint: str = ""
 
     def __post_init__(self):
@@ -385,7 +392,8 @@ class ColourDctFit:
 
     def _meta_core(self) -> dict:
         return {"version": COLOUR_DCT_VERSION, "dims": COLOUR_DCT_DIMS, "bits": self.bits, "power": self.power,
-                "seed": self.seed, "chroma_weight": self.chroma_weight, "centre": "median", "spread": "mad"}
+                "seed": self.seed, "chroma_weight": self.chroma_weight, "centre": "median", "spread": "mad",
+                "transform": "signed_sqrt"}
 
     @property
     def words(self) -> int:
@@ -393,14 +401,19 @@ class ColourDctFit:
         return packed_words(self.bits)
 
     def whiten(self, features) -> np.ndarray:
-        """``(features - centre) * scale`` as float32 ``(N, 133)`` (the space codes and cosines live in)."""
-        f = _as_features(features)
-        return (f - self.centre) * self.scale
+        """``scale * sign(d) * sqrt(|d|)``, ``d = features - centre``, as float32 ``(N, 133)``.
+
+        The space codes and cosines live in; float32 throughout, so these are the exact
+        values the codes kernel projects.
+        """
+        d = _as_features(features) - self.centre
+        v = np.sqrt(np.abs(d)) * self.scale
+        return np.where(d < 0, -v, v)
 
     def codes(self, features) -> np.ndarray:
         """Sign codes of whitened features on the hyperplanes, packed for :mod:`torch_dedup.hamming`.
 
-        Bit ``j`` is ``whiten(f) @ planes[:, j] > 0``; bit 0 is the most significant bit of
+        Bit ``j`` is ``whiten(f) @ planes[:, j] > 0`` (summed in float32 in a fixed order); bit 0 is the most significant bit of
         word 0 (the library's packing). Deterministic: the same features and fit give the
         same bits in any batch, thread count or process.
 
@@ -454,8 +467,8 @@ class ColourDctFit:
         Returns:
             ``(arrays, meta)``: ``arrays`` has float32 ``centre``, ``scale``, ``planes``;
             ``meta`` has ``version``, ``dims``, ``bits``, ``power``, ``seed``,
-            ``chroma_weight``, ``centre`` and ``spread`` (the statistics used), ``n_fit``
-            and ``fingerprint``.
+            ``chroma_weight``, ``centre`` and ``spread`` (the statistics used),
+            ``transform`` (``"signed_sqrt"``), ``n_fit`` and ``fingerprint``.
         """
         arrays = {"centre": self.centre.copy(), "scale": self.scale.copy(), "planes": self.planes.copy()}
         meta = dict(self._meta_core(), n_fit=self.n_fit, fingerprint=self.fingerprint)
@@ -479,29 +492,32 @@ class ColourDctFit:
         return cls(centre=np.asarray(arrays["centre"]), scale=np.asarray(arrays["scale"]),
                    planes=np.asarray(arrays["planes"]), bits=int(meta["bits"]), power=float(meta["power"]),
                    seed=int(meta["seed"]), n_fit=int(meta.get("n_fit", 0)),
-                   chroma_weight=float(meta.get("chroma_weight", 1.0)), fingerprint=str(meta["fingerprint"]))
+                   chroma_weight=float(meta.get("chroma_weight", 0.1)), fingerprint=str(meta["fingerprint"]))
 
 
-def fit_colour_dct(features, *, bits: int = 256, power: float = 0.75, seed: int = 0,
-                   chroma_weight: float = 0.3) -> ColourDctFit:
+def fit_colour_dct(features, *, bits: int = 256, power: float = 0.5, seed: int = 0,
+                   chroma_weight: float = 0.1) -> ColourDctFit:
     """Fit the whitening and hyperplanes of colour DCT codes on a dataset's features.
 
     Per coefficient: centre = median, spread = 1.4826 x median absolute deviation (a
     robust standard deviation); a spread at or below 1 % of the median spread (a
     coefficient that hardly varies in this data, e.g. the chroma of a grey dataset) is
-    replaced by the median spread, so it gets typical weight, not an enormous one. The
-    scale ``spread ** -power`` evens out the coefficients: low frequencies, which would
-    dominate a plain cosine, count less. The Cb and Cr scales are then multiplied by
-    ``chroma_weight``: chroma is what JPEG re-encoding (4:2:0, coarse chroma tables) and
-    greyscale copies change most, so full-weight chroma loses those copies (measured in
-    docs/hashing.md). Hyperplanes: ``np.random.default_rng(seed)``
-    standard normal ``(133, bits)``, float32. Deterministic for the same features.
+    replaced by the median spread, so it gets typical weight, not an enormous one. A
+    feature ``f`` is whitened to ``scale * sign(f - centre) * sqrt(|f - centre|)`` with
+    ``scale = spread ** (0.5 - power)``: at the default ``power=0.5`` every coefficient
+    keeps its natural (square-rooted) size, at ``power=1`` each has unit robust spread.
+    The Cb and Cr scales are then multiplied by ``chroma_weight``: chroma is what JPEG
+    re-encoding (4:2:0, coarse chroma tables) and greyscale copies change most, so
+    full-weight chroma loses those copies (measured in docs/hashing.md). Hyperplanes:
+    ``np.random.default_rng(seed)`` standard normal ``(133, bits)``, float32.
+    Deterministic for the same features.
 
     Args:
         features: float32 ``(N, 133)`` from :func:`colour_dct_features`, N >= 1 (use a
             few thousand images or more of the dataset; a seeded subsample is fine).
         bits: code length, a multiple of 64 in [64, 1024].
-        power: whitening power in [0, 2]; 0 keeps the raw scale, 1 divides by the spread.
+        power: whitening power in [0, 2]; 0.5 keeps the square-rooted scale, 1 gives
+            every coefficient unit robust spread.
         seed: seed of the hyperplanes.
         chroma_weight: factor in [0, 4] on the whitened Cb and Cr coefficients (1: the
             plain whitening, 0: luma only).
@@ -531,7 +547,7 @@ def fit_colour_dct(features, *, bits: int = 256, power: float = 0.75, seed: int 
     positive = spread[spread > 0]
     typical = float(np.median(positive)) if positive.size else 1.0
     spread = np.where(spread > 0.01 * typical, spread, typical)
-    scale = spread ** -power
+    scale = spread ** (0.5 - power)
     scale[COLOUR_DCT_DIMS - 2 * (_C_KEEP * _C_KEEP - 1):] *= chroma_weight
     planes = np.random.default_rng(seed).standard_normal((COLOUR_DCT_DIMS, bits), dtype=np.float32)
     return ColourDctFit(centre=centre.astype(np.float32), scale=scale.astype(np.float32), planes=planes,
@@ -539,20 +555,41 @@ def fit_colour_dct(features, *, bits: int = 256, power: float = 0.75, seed: int 
 
 
 def fit_colour_dct_images(images, *, bits: int = 256, seed: int = 0) -> ColourDctFit:
-    """Fit colour DCT codes on a sample of a dataset's images (what the library calls).
+    """Fit colour DCT codes on a sample of a dataset's images: features, then :func:`fit_colour_dct`.
+
+    The entry point the library uses: it passes a seeded sample of the dataset (at most
+    20,000 images; 20,000 CIFAR-10 JPEGs take about 5 s on two cores, nearly all of it
+    decoding). The defaults (``power=0.5``, ``chroma_weight=0.1``) are the ones measured
+    best in ``benchmarks/bench_neardup.py``; call :func:`fit_colour_dct` on features to
+    choose others. The same images in the same order give the same fit, bit for bit.
 
     Args:
-        images: what :func:`colour_dct_features` accepts; a seeded sample of the dataset
-            (the library passes at most 20,000 images).
+        images: what :func:`colour_dct_features` accepts: a stacked ``uint8`` array or
+            tensor, or a sequence of PIL images, file paths, arrays or tensors; at least
+            one image (a few thousand or more for a stable fit).
         bits: code length, a multiple of 64 in [64, 1024].
-        seed: seed of the fit.
+        seed: seed of the hyperplanes, >= 0.
 
     Returns:
         A :class:`ColourDctFit`.
+
+    Raises:
+        ValueError: no images, an unsupported input, bad bits or seed.
+        ImageDecodeError: a file or lazy PIL image could not be decoded.
+
+    Example:
+        >>> from torch_dedup.embedded import load_sample
+        >>> fit = fit_colour_dct_images(load_sample(200)[0], bits=128)
+        >>> fit.bits, fit.words, fit.n_fit
+        (128, 2, 200)
     """
     bits = _check_bits(bits)
     seed = check_int("seed", seed, 0, 2**63 - 1)
-    return fit_colour_dct(colour_dct_features(images), bits=bits, seed=seed)
+    features = colour_dct_features(images)
+    if features.shape[0] < 1:
+        raise ValueError("images is empty; fit_colour_dct_images needs at least one image of the dataset "
+                         "(a seeded sample of a few thousand or more is better)")
+    return fit_colour_dct(features, bits=bits, seed=seed)
 
 
 # --------------------------------------------------------------------------- thresholds
