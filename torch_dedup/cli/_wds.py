@@ -70,6 +70,9 @@ def register(subparsers) -> argparse.ArgumentParser:
     p.add_argument("--keep-failed", action="store_true", help="pass samples whose image could not be hashed")
     p.add_argument("--out", "-o", required=True, help="plan file to write (e.g. shards/dedup.tdplan)")
     p.add_argument("--drop-list", help="also write the dropped samples as 'url<TAB>key' lines to this file")
+    p.add_argument("--against", nargs="+", metavar="SHARD", default=None,
+                   help="shards of another set (e.g. the test set): samples within the threshold of any of its "
+                        "images are dropped as leaked; hashed like SHARD (with colour_dct: in the fit of SHARD)")
     p.set_defaults(func=_cli_errors(_cmd_plan))
 
     p = sub.add_parser("rewrite", help="write the samples a plan keeps into new shards")
@@ -138,13 +141,15 @@ def _cmd_hash(args, out) -> int:
             "images_hashed": int(sum(int(sc.valid.sum()) for sc in h.sidecars)), "no_image": len(h.no_image),
             "failures": len(h.failures), "shard_errors": [list(e) for e in h.errors],
             "method": args.method, "hash_size": args.hash_size, "engine": args.engine,
-            "seconds": round(time.perf_counter() - t0, 3)}
+            "fit": h.settings.get("fit"), "seconds": round(time.perf_counter() - t0, 3)}
     if args.json:
         print(json.dumps(info))
         return 0
     out(f"{info['shards']} shards ({info['hashed']} hashed, {info['cached']} from sidecars): {info['samples']} "
         f"samples, {info['images_hashed']} images hashed, {info['no_image']} without an image, "
         f"{info['failures']} failed, in {info['seconds']} s")
+    if info["fit"]:
+        out(f"  {args.method} codes in the space of fit {info['fit']} (fitted on these shards)")
     for url, key in h.no_image[:10]:
         out(f"  no image: {url} {key}")
     for url, why in h.errors:
@@ -155,8 +160,14 @@ def _cmd_hash(args, out) -> int:
 def _cmd_plan(args, out) -> int:
     from ..wds import plan_shards
 
+    against = None
+    if args.against:
+        from ..wds.shard_urls import expand_shard_urls
+
+        against = [u for spec in args.against for u in expand_shard_urls(spec)]
     plan = plan_shards(_urls(args), args.threshold, method=args.method, hash_size=args.hash_size,
-                       policy=args.policy, drop_failed=not args.keep_failed, out=args.out, **_hash_kwargs(args))
+                       policy=args.policy, drop_failed=not args.keep_failed, out=args.out, against=against,
+                       **_hash_kwargs(args))
     _warn_skipped(args, plan.shard_errors)
     if args.drop_list:
         with open(args.drop_list, "w", encoding="utf-8") as f:
@@ -169,8 +180,12 @@ def _cmd_plan(args, out) -> int:
     missing = len(plan.shard_errors) - sum(1 for url, _ in plan.shard_errors if url in set(plan.urls))
     out(f"{s['n']} samples in {s['n_shards']} shards" + (f" ({missing} more left out)" if missing else "") +
         f", threshold {args.threshold} ({args.policy}): dropping "
-        f"{s['n_removed']} ({100 * s['ratio']:.1f}%): {s['n_duplicates']} near-duplicates, {s['n_failed']} failed; "
-        f"{s['n_no_image']} samples without an image pass")
+        f"{s['n_removed']} ({100 * s['ratio']:.1f}%): {s['n_duplicates']} near-duplicates, "
+        + (f"{s['n_leaked']} leaked into --against, " if against else "")
+        + f"{s['n_failed']} failed; {s['n_no_image']} samples without an image pass")
+    if plan.settings.get("fit"):
+        out(f"  {args.method} codes in the space of fit {plan.settings['fit']}"
+            + (f" ({plan.plan.provenance['fit_file']})" if plan.plan.provenance.get("fit_file") else ""))
     if plan.shard_errors:
         out(f"  {len(plan.shard_errors)} shard(s) missing or damaged, left out or planned up to the damage:")
         for url, why in plan.shard_errors:

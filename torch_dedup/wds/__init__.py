@@ -19,6 +19,7 @@ from torch_dedup.errors import PlanError
 
 from .filter import DedupFilter, dedup_filter
 from .rewrite import RewriteResult, rewrite_shards
+from .shard_fit import fit_shards
 from .shard_plan import ShardPlan
 from .shard_planning import plan_shards
 from .shard_sidecar import ShardSidecar, read_shard_sidecar, shard_sidecar_paths
@@ -35,6 +36,7 @@ __all__ = [
     "ShardReadError",
     "ShardSidecar",
     "dedup_filter",
+    "fit_shards",
     "hash_shard",
     "hash_shards",
     "iter_tar_samples",

@@ -280,8 +280,12 @@ def _write_sidecar(plan: ShardPlan, path: str, idx: list[int]) -> str:
     hashes = plan.hashes[idx_a] if len(idx_a) else plan.hashes[:0]
     sc = ShardSidecar(url=path, keys=tuple(keys), hashes=np.ascontiguousarray(hashes), valid=valid,
                       has_image=has_image, failures=failures)
-    target = shard_sidecar_paths(path, st["method"], st["hash_size"], st["decode"])[0]
+    # codes of a fitted method are keyed on their fit, in the name and in the meta, as hash_shards writes them
+    fit_fp = st.get("fit")
+    target = shard_sidecar_paths(path, st["method"], st["hash_size"], st["decode"], fit_fingerprint=fit_fp)[0]
     extra = {"image_exts": list(st["image_exts"]), "hash_env": st.get("hash_env") or hash_environment(),
              "rewritten_from": plan.path}
+    if fit_fp is not None:
+        extra["fit"] = fit_fp
     return str(write_shard_sidecar(target, sc, method=st["method"], hash_size=st["hash_size"],
                                    fingerprint=shard_fingerprint(path), decode=st["decode"], extra=extra))

@@ -29,9 +29,9 @@ from torch_dedup.hamming import popcount64
 from torch_dedup.plan import DedupPlan
 from torch_dedup.sidecar import library_versions
 
-__all__ = ["STATUS_DUPLICATE", "STATUS_FAILED", "STATUS_KEPT", "STATUS_NO_IMAGE", "ShardPlan"]
+__all__ = ["STATUS_DUPLICATE", "STATUS_FAILED", "STATUS_KEPT", "STATUS_LEAKED", "STATUS_NO_IMAGE", "ShardPlan"]
 
-STATUS_KEPT, STATUS_DUPLICATE, STATUS_FAILED, STATUS_NO_IMAGE = 0, 1, 2, 3
+STATUS_KEPT, STATUS_DUPLICATE, STATUS_FAILED, STATUS_NO_IMAGE, STATUS_LEAKED = 0, 1, 2, 3, 4
 # Version of the shard extras inside a plan file. Version 1 was a store file of its own
 # kind, "shard-plan"; such files are refused with a pointer to `torch-dedup wds plan`.
 _VERSION = 2
@@ -60,9 +60,9 @@ class ShardPlan:
             (``on_error="skip"``); the samples before the damage are planned.
         path: the file it was loaded from or saved to, if any.
         status: derived ``(N,) uint8``: 0 kept, 1 near-duplicate, 2 image failed to hash,
-            3 no image.
-        drop: derived ``(N,) bool``: what the filter and the rewrite drop: duplicates, and
-            failed images unless ``drop_failed=False``. Samples without an image are never
+            3 no image, 4 leaked (a near-duplicate of the plan's ``against=`` sets).
+        drop: derived ``(N,) bool``: what the filter and the rewrite drop: duplicates, leaked
+            samples, and failed images unless ``drop_failed=False``. Samples without an image are never
             dropped, nor any copy of a key that appears twice in one shard with different
             decisions (the stream cannot tell the copies apart).
         summary: derived, JSON-able: the plan's ``summary_dict()`` with counts over samples as
@@ -105,13 +105,15 @@ class ShardPlan:
         dp, has_image = self.plan, self.has_image
         status = np.full(dp.n, STATUS_KEPT, np.uint8)
         status[~dp.keep] = STATUS_DUPLICATE
+        status[dp.leaked] = STATUS_LEAKED
         status[dp.failed] = STATUS_FAILED
         status[~has_image] = STATUS_NO_IMAGE
         # the last sample read from a damaged shard may have been cut (hash_shard records it as a
         # failed image); it is dropped even with drop_failed=False: its members are in doubt
         cut = self.cut_samples()
         status[cut] = STATUS_FAILED
-        drop = (status == STATUS_DUPLICATE) | ((status == STATUS_FAILED) & dp.settings["drop_failed"])
+        drop = (status == STATUS_DUPLICATE) | (status == STATUS_LEAKED) \
+            | ((status == STATUS_FAILED) & dp.settings["drop_failed"])
         drop[cut] = True
         ambiguous = _resolve_ambiguous(drop, _repeated_keys(self.key_blob, self.key_offsets, self.shard_offsets))
         for arr in (status, drop):
@@ -143,8 +145,6 @@ class ShardPlan:
         missing = [k for k in _SETTINGS if k not in dp.settings]
         if missing or not isinstance(dp.settings["drop_failed"], bool):
             return f"the plan's settings lack {missing or ['a bool drop_failed']}"
-        if np.any(dp.leaked):
-            return "a shard plan has no against= set, yet the plan marks samples leaked"
         hi = np.asarray(self.has_image)
         if hi.dtype != np.bool_ or hi.shape != (n,):
             return "has_image must be bool (N,)"

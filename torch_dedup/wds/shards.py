@@ -6,6 +6,11 @@ sidecar as soon as it is done: a crash loses at most the shards in flight, and a
 shards later hashes only the new ones. Images are decoded from the member bytes and go
 through the same exact path as image files (:func:`torch_dedup.hashing._decode.hash_files`),
 so a shard sample's hash equals ``imagehash.<method>(PIL.Image.open(member))``.
+
+``method="colour_dct"`` codes in the space of a fit (:mod:`torch_dedup.wds.shard_fit`: one
+per set of shards, or the ``fit=`` given): each shard's images are decoded once into a
+feature sidecar (:mod:`torch_dedup.wds.shard_features`), the codes are computed from it and
+stored as the shard's sidecar, keyed on the fit's fingerprint.
 """
 
 from __future__ import annotations
@@ -14,97 +19,87 @@ import io
 import logging
 import os
 from collections.abc import Iterable
-from concurrent.futures import ProcessPoolExecutor, as_completed
 from dataclasses import dataclass, field, replace
-from multiprocessing import get_context
 from pathlib import Path
 
 import numpy as np
 
+from torch_dedup._checks import FITTED_METHODS
 from torch_dedup.errors import ImageDecodeError
-from torch_dedup.hashing import hash_bits, hash_files
+from torch_dedup.hashing import ColourDctFit, hash_bits, hash_files
 from torch_dedup.options import DedupOptions
 from torch_dedup.sidecar import hash_environment
 
+from .shard_features import (
+    ShardFeatures,
+    features_expect,
+    load_valid_features,
+    shard_features,
+    shard_features_paths,
+    store_features,
+)
+from .shard_fit import shard_fit
+from .shard_scan import (
+    CUT_FLAG,
+    DEFAULT_IMAGE_EXTS,
+    parse_image_exts,
+    raise_recorded,
+    scan_shard,
+)
 from .shard_sidecar import (
     ShardSidecar,
     read_shard_sidecar,
     shard_sidecar_paths,
     write_shard_sidecar,
 )
-from .shard_urls import expand_shard_urls, is_local, local_path, shard_fingerprint
-from .tar_samples import ShardReadError, iter_tar_samples
+from .shard_tasks import check_engine, raise_task_error, run_shard_tasks
+from .shard_urls import expand_shard_urls, shard_fingerprint
+from .tar_samples import ShardReadError
 
 __all__ = ["DEFAULT_IMAGE_EXTS", "ShardHashes", "hash_shard", "hash_shards", "parse_image_exts"]
 
 logger = logging.getLogger(__name__)
 
-#: Image suffixes looked for in a sample, in order of preference.
-DEFAULT_IMAGE_EXTS = ("jpg", "jpeg", "png", "webp", "ppm", "bmp")
 _FLUSH = 256  # images decoded and hashed per batch (bounds memory)
-_CUT_REASON = "cut by the damage to its shard (members may be missing or truncated)"
-#: Meta flag of sidecars whose damaged shard's last sample is recorded as failed (older ones are stale).
-_CUT_FLAG = "cut_sample_failed"
 
 
-def parse_image_exts(image_exts: str | Iterable[str]) -> tuple[str, ...]:
-    """``"jpg;png"`` or ``["jpg", "png"]`` -> ``("jpg", "png")`` (lower case, order kept).
-
-    Raises:
-        ValueError: empty, or an entry that is not a non-empty string.
-
-    Example:
-        >>> parse_image_exts("JPG;png")
-        ('jpg', 'png')
-    """
-    items = image_exts.split(";") if isinstance(image_exts, str) else list(image_exts)
-    out = []
-    for e in items:
-        if not isinstance(e, str) or not e.strip().lstrip("."):
-            raise ValueError(f"image_exts={image_exts!r}: every entry must be a non-empty suffix like 'jpg'")
-        e = e.strip().lstrip(".").lower()
-        if e not in out:
-            out.append(e)
-    if not out:
-        raise ValueError(f"image_exts={image_exts!r} names no suffix; e.g. 'jpg;jpeg;png;webp;ppm;bmp'")
-    return tuple(out)
-
-
-def _check_engine(engine, ray_address) -> None:
-    from torch_dedup.engines import ENGINES
-
-    if engine not in ENGINES:
-        raise ValueError(f"engine={engine!r} is not an engine; use one of {ENGINES} ('ray' needs "
-                         "pip install 'torch_dedup[ray]')")
-    if ray_address is not None and engine != "ray":
-        raise ValueError(f"ray_address={ray_address!r} is only used with engine='ray' (got engine={engine!r})")
-
-
-def _check(method: str, hash_size, on_error: str, workers) -> None:
+def _check(method: str, hash_size, on_error: str, workers, fast_decode: bool = False, fit=None) -> None:
     """The shared option rules (:class:`~torch_dedup.options.DedupOptions`) for the shard settings."""
-    DedupOptions(method=method, hash_size=hash_size, on_error=on_error, workers=workers)
+    DedupOptions(method=method, hash_size=hash_size, on_error=on_error, workers=workers, fast_decode=fast_decode,
+                 fit=fit)
+
+
+def _fit_fingerprint(fit) -> str | None:
+    return None if fit is None else fit.fingerprint
 
 
 def hash_shard(url: str, method: str = "phash", hash_size: int = 8, *,
                image_exts: str | Iterable[str] = DEFAULT_IMAGE_EXTS, on_error: str = "raise",
-               fast_decode: bool = False) -> ShardSidecar:
+               fast_decode: bool = False, fit: ColourDctFit | None = None) -> ShardSidecar:
     """Hash the images of one shard (no file is written; see :func:`hash_shards` for caching).
 
     Args:
         url: the shard (local path or any URL webdataset opens).
-        method: ``"ahash"``, ``"dhash"``, ``"phash"``, ``"whash"`` or a composite code
-            (``"phash+dhash"``).
+        method: ``"ahash"``, ``"dhash"``, ``"phash"``, ``"whash"``, a composite code
+            (``"phash+dhash"``), or ``"colour_dct"`` (with ``fit=``).
         hash_size: hash size (8: 64 bits).
         image_exts: suffixes that hold the image, in order of preference.
         on_error: ``"raise"``: an undecodable image raises :class:`ImageDecodeError` and a
             damaged shard :class:`ShardReadError`; ``"skip"``: both are recorded
             (``failures`` / ``shard_error``) and hashing goes on.
         fast_decode: JPEG draft decoding (faster, some bits differ from imagehash).
+        fit: for ``method="colour_dct"`` (required), the
+            :class:`~torch_dedup.hashing.ColourDctFit` whose space the codes live in
+            (``hash_size**2`` bits), e.g. from :func:`~torch_dedup.wds.fit_shards`; the codes
+            equal ``hash_images(images, "colour_dct", hash_size, fit=fit)`` of the shard's
+            images bit for bit. ``None`` for the other methods.
 
     Returns:
         A :class:`ShardSidecar` (``path`` None).
 
     Raises:
+        ValueError: a bad argument; ``method="colour_dct"`` without a fit, or with a fit of
+            another code length.
         ShardReadError, ImageDecodeError: see ``on_error``.
 
     Example:
@@ -113,10 +108,15 @@ def hash_shard(url: str, method: str = "phash", hash_size: int = 8, *,
         (('000000', '000001'), (1000,))
     """
     exts = parse_image_exts(image_exts)
-    _check(method, hash_size, on_error, 0)
+    if method in FITTED_METHODS and fit is None:
+        raise ValueError(f"hash_shard(method={method!r}) needs fit=: its codes live in a space fitted to the data, "
+                         f"and one shard alone is not the data. Make the fit once for all the shards compared, "
+                         f"fit = torch_dedup.wds.fit_shards(urls, hash_size={hash_size!r}), and pass it here; "
+                         f"hash_shards and plan_shards fit on their shards by themselves")
+    _check(method, hash_size, on_error, 0, fast_decode, fit)
+    if fit is not None:
+        return shard_features(url, image_exts=exts, on_error=on_error).codes(fit)
     words = -(-hash_bits(method, hash_size) // 64)
-    keys: list[str] = []
-    has_image: list[bool] = []
     rows: dict[int, np.ndarray] = {}
     failures: list[tuple[int, str, str]] = []
     batch: list[tuple[int, io.BytesIO]] = []
@@ -132,33 +132,17 @@ def hash_shard(url: str, method: str = "phash", hash_size: int = 8, *,
                 rows[index] = row
         batch.clear()
 
-    shard_error = None
-    try:
-        for sample in iter_tar_samples(url):
-            i = len(keys)
-            keys.append(sample.key)
-            if not sample.complete:
-                # the damage may have cut its image (or any member) off: a failed sample, never
-                # "a sample without an image", so the plan drops it and nothing writes it
-                has_image.append(True)
-                failures.append((i, f"{url}:{sample.key}", _CUT_REASON))
-                continue
-            ext = next((e for e in exts if e in sample.files), None)
-            has_image.append(ext is not None)
-            if ext is not None:
-                stored, data = sample.files[ext]
-                sources[i] = f"{url}:{sample.key}.{stored}"
-                batch.append((i, io.BytesIO(data)))
-                if len(batch) >= _FLUSH:
-                    flush()
-    except ShardReadError as exc:
-        if on_error == "raise":
-            raise
-        logger.warning("%s; %s", exc.detail, "shard left out" if exc.unopened else
-                       "planning the samples read before the damage")
-        shard_error = {"offset": exc.offset, "member": exc.member, "reason": exc.reason}
+    def take(i: int, source: str, data: bytes) -> None:
+        sources[i] = source
+        batch.append((i, io.BytesIO(data)))
+        if len(batch) >= _FLUSH:
+            flush()
+
+    scan = scan_shard(url, exts, on_error, take)
     if batch:
         flush()
+    keys, has_image, shard_error = scan.keys, scan.has_image, scan.shard_error
+    failures.extend(scan.failures)
     n = len(keys)
     hashes = np.zeros((n, words), np.uint64)
     valid = np.zeros(n, bool)
@@ -170,23 +154,12 @@ def hash_shard(url: str, method: str = "phash", hash_size: int = 8, *,
                         failures=tuple(sorted(failures)), shard_error=shard_error)
 
 
-#: Below this many bytes of local shards to hash, worker processes cost more than they save:
-#: each spawned worker imports torch_dedup (and torch) first, seconds on a busy machine.
-_POOL_MIN_BYTES = 256 << 20
-
-
-def _auto_workers(urls: list[str]) -> int:
-    if len(urls) < 2:
-        return 0
-    local = [u for u in urls if is_local(u)]
-    if len(local) == len(urls) and sum(os.path.getsize(local_path(u)) for u in local) < _POOL_MIN_BYTES:
-        return 0
-    return min(len(urls), os.cpu_count() or 1)
-
-
-def _expect(fingerprint: str, method: str, hash_size: int, decode: str, exts: tuple) -> dict:
-    return {"fingerprint": fingerprint, "method": method, "hash_size": int(hash_size), "decode": decode,
-            "image_exts": list(exts), "hash_env": hash_environment()}
+def _expect(fingerprint: str, method: str, hash_size: int, decode: str, exts: tuple, fit=None) -> dict:
+    out = {"fingerprint": fingerprint, "method": method, "hash_size": int(hash_size), "decode": decode,
+           "image_exts": list(exts), "hash_env": hash_environment()}
+    if fit is not None:
+        out["fit"] = fit.fingerprint  # codes of another fit are other codes: stale, never read as these
+    return out
 
 
 def _load_valid(paths: list[Path], expect: dict) -> ShardSidecar | None:
@@ -197,7 +170,7 @@ def _load_valid(paths: list[Path], expect: dict) -> ShardSidecar | None:
             except Exception as exc:
                 logger.warning("ignoring shard sidecar %s: %s", path, getattr(exc, "reason", exc))
                 continue
-            if sc.shard_error is not None and not sc.meta.get(_CUT_FLAG):
+            if sc.shard_error is not None and not sc.meta.get(CUT_FLAG):
                 # written before a sample cut by damage was recorded as failed: it may list that
                 # sample as "no image" (kept and rewritten), so it is stale
                 logger.info("shard sidecar %s predates the rule for samples cut by damage; hashing again", path)
@@ -206,35 +179,12 @@ def _load_valid(paths: list[Path], expect: dict) -> ShardSidecar | None:
     return None
 
 
-def _raise_recorded(url: str, sc: ShardSidecar) -> None:
-    """A raise run over a shard whose valid sidecar records damage or failed images: raise what it records.
-
-    The sidecar was written by an ``on_error="skip"`` run; serving it to a raise run would
-    silently plan only part of the shard, so the recorded error is raised as if read now.
-    """
-    note = f" (recorded in its sidecar {sc.path} by an earlier on_error='skip' run)"
-    if sc.shard_error is not None:
-        err = sc.shard_error
-        raise ShardReadError(url, f"{err.get('reason')}{note}", err.get("offset"), err.get("member"))
-    index, source, reason = sc.failures[0]
-    raise ImageDecodeError(source, f"{reason}{note}", index)
-
-
-def _hash_and_store(url: str, paths: list[str], method: str, hash_size: int, exts: tuple, on_error: str,
-                    fast_decode: bool) -> tuple:
-    """Worker task: hash one shard and write its sidecar. Returns data, never a custom exception."""
-    decode = "fast_decode" if fast_decode else "exact"
-    try:
-        fingerprint = shard_fingerprint(url)  # before reading: a shard changed meanwhile is stale next time
-    except OSError as exc:
-        return ("shard_error", url, f"cannot open: {exc}", None, None, True)
-    try:
-        sc = hash_shard(url, method, hash_size, image_exts=exts, on_error=on_error, fast_decode=fast_decode)
-    except ShardReadError as exc:
-        return ("shard_error", exc.url, exc.reason, exc.offset, exc.member, exc.unopened)
-    except ImageDecodeError as exc:
-        return ("image_error", exc.source, exc.reason, exc.index)
-    extra = {"image_exts": list(exts), "hash_env": hash_environment(), _CUT_FLAG: True, "on_error": on_error}
+def _store(url: str, paths: list[str], sc: ShardSidecar, method: str, hash_size: int, exts: tuple, on_error: str,
+           decode: str, fingerprint: str, fit_fp: str | None) -> tuple:
+    """Write a shard's sidecar to the first of ``paths`` that can be written: ``("ok", path)`` or an error tuple."""
+    extra = {"image_exts": list(exts), "hash_env": hash_environment(), CUT_FLAG: True, "on_error": on_error}
+    if fit_fp is not None:
+        extra["fit"] = fit_fp
     last = None
     for path in paths:
         try:
@@ -245,6 +195,35 @@ def _hash_and_store(url: str, paths: list[str], method: str, hash_size: int, ext
             logger.info("cannot write shard sidecar %s (%s); trying the next place", path, exc)
             last = exc
     return ("write_error", url, str(last))
+
+
+def _hash_and_store(url: str, paths: list[str], method: str, hash_size: int, exts: tuple, on_error: str,
+                    fast_decode: bool, fit_state: tuple | None = None, feature_paths: list[str] | None = None
+                    ) -> tuple:
+    """Worker task: hash one shard and write its sidecar. Returns data, never a custom exception.
+
+    A fitted method's task gets the fit as ``fit_state`` (:meth:`ColourDctFit.to_arrays`),
+    rebuilt here with its fingerprint checked, and also writes the shard's feature sidecar.
+    """
+    decode = "fast_decode" if fast_decode else "exact"
+    try:
+        fingerprint = shard_fingerprint(url)  # before reading: a shard changed meanwhile is stale next time
+    except OSError as exc:
+        return ("shard_error", url, f"cannot open: {exc}", None, None, True)
+    fit = None if fit_state is None else ColourDctFit.from_arrays(*fit_state)
+    try:
+        if fit is None:
+            sc = hash_shard(url, method, hash_size, image_exts=exts, on_error=on_error, fast_decode=fast_decode)
+        else:
+            sf = shard_features(url, image_exts=exts, on_error=on_error)
+            if store_features(url, feature_paths or [], sf, fingerprint, exts, on_error)[0] != "ok":
+                logger.info("no feature sidecar written for shard %s; the codes are written all the same", url)
+            sc = sf.codes(fit)
+    except ShardReadError as exc:
+        return ("shard_error", exc.url, exc.reason, exc.offset, exc.member, exc.unopened)
+    except ImageDecodeError as exc:
+        return ("image_error", exc.source, exc.reason, exc.index)
+    return _store(url, paths, sc, method, hash_size, exts, on_error, decode, fingerprint, _fit_fingerprint(fit))
 
 
 @dataclass
@@ -258,7 +237,10 @@ class ShardHashes:
         hashed: shards hashed by this call.
         cached: shards whose valid sidecar was reused.
         errors: ``(url, reason)`` of shards missing (not in ``sidecars``) or damaged.
-        settings: method, hash_size, decode, image_exts.
+        settings: method, hash_size, decode, image_exts (and ``fit``, the fit's fingerprint,
+            for a fitted method).
+        fit: the :class:`~torch_dedup.hashing.ColourDctFit` the codes were made with
+            (``method="colour_dct"``), else ``None``.
     """
 
     urls: list
@@ -267,6 +249,7 @@ class ShardHashes:
     cached: list = field(default_factory=list)
     errors: list = field(default_factory=list)
     settings: dict = field(default_factory=dict)
+    fit: ColourDctFit | None = None
 
     @property
     def n_samples(self) -> int:
@@ -284,15 +267,6 @@ class ShardHashes:
         return [(sc.url, s, r) for sc in self.sidecars for _, s, r in sc.failures]
 
 
-def _raise(res: tuple) -> None:
-    if res[0] == "shard_error":
-        raise ShardReadError(res[1], res[2], res[3], res[4], unopened=res[5])
-    if res[0] == "image_error":
-        raise ImageDecodeError(res[1], res[2], res[3])
-    raise OSError(f"cannot write the sidecar of shard {res[1]} anywhere ({res[2]}); pass sidecar_dir= "
-                  "to a writable folder")
-
-
 @dataclass
 class _HashRun:
     """What :func:`_hash_missing` did: sidecar path (or error) per URL index, nothing loaded."""
@@ -307,17 +281,28 @@ class _HashRun:
 
 
 def _hash_missing(urls, method, hash_size, exts, sidecar_dir, workers, on_error, fast_decode, refresh, progress,
-                  engine, ray_address, keep: bool = False) -> _HashRun:
-    """Hash the shards without a valid sidecar; return where every sidecar is (one shard in memory at a time)."""
+                  engine, ray_address, keep: bool = False, fit: ColourDctFit | None = None,
+                  fresh_features: bool = False) -> _HashRun:
+    """Hash the shards without a valid sidecar; return where every sidecar is (one shard in memory at a time).
+
+    With a fit (``colour_dct``), a shard whose feature sidecar is valid is coded here from it
+    (no image decoded; ``fresh_features``: also under ``refresh``, the features having just
+    been made); the others go to the tasks, which receive the fit's arrays.
+    """
     urls = expand_shard_urls(urls)
     decode = "fast_decode" if fast_decode else "exact"
+    fit_fp = _fit_fingerprint(fit)
     settings = {"method": method, "hash_size": int(hash_size), "decode": decode, "image_exts": list(exts)}
+    if fit_fp is not None:
+        settings["fit"] = fit_fp
     paths_out: dict[int, str] = {}
     errors: dict[int, tuple[str, str]] = {}
     cached, todo = [], []
     loaded: dict[int, ShardSidecar] = {}
+    done: dict[int, tuple] = {}
+    fit_state = None if fit is None else fit.to_arrays()
     for i, url in enumerate(urls):
-        paths = shard_sidecar_paths(url, method, hash_size, decode, sidecar_dir)
+        paths = shard_sidecar_paths(url, method, hash_size, decode, sidecar_dir, fit_fingerprint=fit_fp)
         try:
             fingerprint = shard_fingerprint(url)
         except OSError as exc:
@@ -326,65 +311,58 @@ def _hash_missing(urls, method, hash_size, exts, sidecar_dir, workers, on_error,
             logger.warning("skipping shard %s: cannot open: %s", url, exc)
             errors[i] = (url, f"cannot open: {exc}")
             continue
-        sc = None if refresh else _load_valid(paths, _expect(fingerprint, method, hash_size, decode, exts))
+        sc = None if refresh else _load_valid(paths, _expect(fingerprint, method, hash_size, decode, exts, fit))
         if sc is not None and on_error == "raise" and (sc.shard_error is not None or sc.failures):
-            _raise_recorded(url, sc)
-        if sc is None:
-            todo.append((i, url, [str(p) for p in paths]))
-        else:
+            raise_recorded(url, sc)
+        if sc is not None:
             paths_out[i] = str(sc.path)
             cached.append(url)
             if keep:
                 loaded[i] = sc
-    args = (method, hash_size, exts, on_error, fast_decode)
-    done: dict[int, tuple] = {}
+            continue
+        if fit is None:
+            todo.append((i, url, ([str(p) for p in paths], method, hash_size, exts, on_error, fast_decode)))
+            continue
+        feature_paths = [str(p) for p in shard_features_paths(url, sidecar_dir)]
+        sf = None if refresh and not fresh_features else load_valid_features(feature_paths,
+                                                                                features_expect(fingerprint, exts))
+        if sf is None:
+            todo.append((i, url, ([str(p) for p in paths], method, hash_size, exts, on_error, fast_decode,
+                                  fit_state, feature_paths)))
+            continue
+        done[i] = _codes_from_features(url, [str(p) for p in paths], sf, fit, method, hash_size, exts, on_error,
+                                       decode, fingerprint)
 
     def take(i: int, res: tuple) -> None:
         done[i] = res
         if res[0] != "ok" and (on_error == "raise" or res[0] == "write_error"):
-            _raise(res)
+            raise_task_error(res)
         if res[0] == "shard_error":
             logger.warning("skipping shard %s: %s", res[1], res[2])
 
-    if engine == "ray":
-        from torch_dedup.engines.ray import ray_map
-
-        index = [i for i, _, _ in todo]
-        for k, res in ray_map(_hash_and_store, [(url, paths, *args) for _, url, paths in todo], address=ray_address,
-                              progress=progress and len(todo) >= 2, desc="hashing shards (ray)", unit="shard"):
-            take(index[k], res)
-    else:
-        if workers is None:
-            workers = _auto_workers([url for _, url, _ in todo])
-        from tqdm.auto import tqdm
-
-        with tqdm(total=len(todo), unit="shard", desc="hashing shards", disable=not progress or len(todo) < 2,
-                  leave=False) as bar:
-            if workers == 0 or len(todo) < 2:
-                for i, url, paths in todo:
-                    take(i, _hash_and_store(url, paths, *args))
-                    bar.update(1)
-            else:
-                with ProcessPoolExecutor(max_workers=workers, mp_context=get_context("spawn")) as pool:
-                    futures = {pool.submit(_hash_and_store, url, paths, *args): i for i, url, paths in todo}
-                    try:
-                        for fut in as_completed(futures):
-                            take(futures[fut], fut.result())
-                            bar.update(1)
-                    except BaseException:
-                        for fut in futures:
-                            fut.cancel()
-                        raise
+    for i in list(done):
+        take(i, done[i])
+    run_shard_tasks(_hash_and_store, todo, take, workers=workers, engine=engine, ray_address=ray_address,
+                    progress=progress, desc="hashing shards")
     hashed = []
-    for i, url, _ in todo:
+    for i in sorted(done):
         res = done[i]
         if res[0] == "ok":
             paths_out[i] = res[1]
-            hashed.append(url)
+            hashed.append(urls[i])
         else:
-            errors[i] = (url, res[2])
+            errors[i] = (urls[i], res[2])
     return _HashRun(urls=urls, paths=paths_out, hashed=hashed, cached=cached, errors=errors, settings=settings,
                     loaded=loaded)
+
+
+def _codes_from_features(url: str, paths: list[str], sf: ShardFeatures, fit: ColourDctFit, method: str,
+                         hash_size: int, exts: tuple, on_error: str, decode: str, fingerprint: str) -> tuple:
+    """A shard's codes in ``fit``'s space from its valid feature sidecar, written as its sidecar."""
+    if on_error == "raise" and (sf.shard_error is not None or sf.failures):
+        raise_recorded(url, sf)
+    return _store(url, paths, replace(sf.codes(fit), url=url), method, hash_size, exts,
+                  sf.meta.get("on_error", on_error), decode, fingerprint, fit.fingerprint)
 
 
 def _shard_error_text(err: dict) -> str:
@@ -395,12 +373,13 @@ def hash_shards(urls, method: str = "phash", hash_size: int = 8, *,
                 image_exts: str | Iterable[str] = DEFAULT_IMAGE_EXTS, sidecar_dir: str | os.PathLike | None = None,
                 workers: int | None = None, on_error: str = "raise", fast_decode: bool = False,
                 refresh: bool = False, progress: bool = True, engine: str = "local",
-                ray_address: str | None = None) -> ShardHashes:
+                ray_address: str | None = None, fit: ColourDctFit | None = None) -> ShardHashes:
     """Hash every shard that has no valid sidecar yet, in parallel; read the others.
 
     Args:
         urls: shard URLs: a brace pattern (``"data/shard-{000..099}.tar"``), a path, or a list.
-        method: hash method (default ``"phash"``).
+        method: hash method (default ``"phash"``), or ``"colour_dct"``: whitened colour DCT
+            codes in the space of ``fit`` (docs/webdataset.md, "colour_dct on shards").
         hash_size: hash size (default 8: 64-bit hashes).
         image_exts: suffixes that hold the image, in order of preference
             (default ``jpg;jpeg;png;webp;ppm;bmp``); samples with none are counted and
@@ -422,12 +401,18 @@ def hash_shards(urls, method: str = "phash", hash_size: int = 8, *,
         ray_address: with ``engine="ray"``: the cluster to use (``"auto"``,
             ``"ray://head:10001"``); None: the Ray session of this process, ``RAY_ADDRESS``,
             or a new local cluster.
+        fit: for ``method="colour_dct"``, the :class:`~torch_dedup.hashing.ColourDctFit` to
+            code with (e.g. the training shards' fit, to code test shards in its space);
+            ``None``: the fit of these shards (:func:`~torch_dedup.wds.fit_shards`, read from
+            its fit file or made once). The sidecars are keyed on the fit's fingerprint.
+            ``None`` for the other methods.
 
     Returns:
         A :class:`ShardHashes`.
 
     Raises:
-        ValueError: a bad argument.
+        ValueError: a bad argument (``fit=`` of another code length, or with a method that
+            takes none).
         ImportError: ``engine="ray"`` without ray installed (the message names the extra).
         ShardReadError: a missing, truncated or corrupt shard (``on_error="raise"``).
         ImageDecodeError: an undecodable image (``on_error="raise"``).
@@ -439,10 +424,15 @@ def hash_shards(urls, method: str = "phash", hash_size: int = 8, *,
         >>> h = hash_shards("shards/shard-{000000..000009}.tar", engine="ray")  # doctest: +SKIP
     """
     exts = parse_image_exts(image_exts)
-    _check(method, hash_size, on_error, workers)
-    _check_engine(engine, ray_address)
+    _check(method, hash_size, on_error, workers, fast_decode, fit)
+    check_engine(engine, ray_address)
+    fresh = False
+    if method in FITTED_METHODS and fit is None:
+        made = shard_fit(urls, method, hash_size, image_exts=exts, sidecar_dir=sidecar_dir, workers=workers,
+                         on_error=on_error, refresh=refresh, progress=progress, engine=engine, ray_address=ray_address)
+        fit, fresh = made.fit, refresh
     run = _hash_missing(urls, method, hash_size, exts, sidecar_dir, workers, on_error, fast_decode, refresh, progress,
-                        engine, ray_address, keep=True)
+                        engine, ray_address, keep=True, fit=fit, fresh_features=fresh)
     urls = run.urls
     # the URL as given now (it may be spelled differently from when the sidecar was written)
     results = {i: replace(run.loaded.get(i) or read_shard_sidecar(path), url=urls[i])
@@ -453,7 +443,7 @@ def hash_shards(urls, method: str = "phash", hash_size: int = 8, *,
             errors[i] = (urls[i], _shard_error_text(sc.shard_error))
     order = sorted(results)
     out = ShardHashes(urls=urls, sidecars=[results[i] for i in order], hashed=run.hashed, cached=run.cached,
-                      errors=[errors[i] for i in sorted(errors)], settings=run.settings)
+                      errors=[errors[i] for i in sorted(errors)], settings=run.settings, fit=fit)
     logger.info("hash_shards: %d shards (%d hashed, %d cached, %d with errors), %d samples",
                 len(urls), len(run.hashed), len(run.cached), len(errors), out.n_samples)
     return out
