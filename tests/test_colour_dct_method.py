@@ -141,6 +141,9 @@ def test_fit_is_stored_once_and_reloaded_bit_for_bit(folders, tmp_path, caplog):
         np.testing.assert_array_equal(a, b)
     # the fit is made from the data alone: made again without any file, it is the same fit
     assert dataset_fit(ds, opts.replace(cache_dir=False)).fingerprint == first.fingerprint
+    # and it is the fit of the items' exact features (all items: fewer than FIT_SAMPLE), the
+    # one fit_colour_dct_images (and the shard path) makes of the same images
+    assert fit_colour_dct_images(_paths(ds), bits=256).fingerprint == first.fingerprint
     # an edited file is a WARNING and a refit, never used
     raw = bytearray(path.read_bytes())
     raw[-5] ^= 0xFF
@@ -180,6 +183,22 @@ def test_a_subset_shares_its_base_fit(folders, tmp_path):
     h_sub = hash_dataset(sub, method="colour_dct", hash_size=8, cache_dir=tmp_path, progress=False)
     h_all = hash_dataset(ds, method="colour_dct", hash_size=8, cache_dir=tmp_path, progress=False)
     np.testing.assert_array_equal(h_sub.hashes, h_all.hashes[10:90])
+
+
+def test_unreadable_items_are_left_out_of_the_fit_and_reported_by_hashing(folders, tmp_path):
+    import shutil
+
+    root = tmp_path / "data"
+    shutil.copytree(folders / "train", root)
+    (root / "a" / "zzz_broken.png").write_bytes(b"\x89PNG\r\n\x1a\n not really")
+    ds = ImageFolder(root)
+    good = [p for p in _paths(ds) if not p.endswith("zzz_broken.png")]
+    opts = DedupOptions(method="colour_dct", hash_size=8, cache_dir=False)
+    assert dataset_fit(ds, opts).fingerprint == fit_colour_dct_images(good, bits=64).fingerprint
+    h = hash_dataset(ds, method="colour_dct", cache_dir=False, on_error="skip", progress=False)
+    assert h.valid.sum() == len(good) and h.failures[0][1].endswith("zzz_broken.png")
+    with pytest.raises(Exception, match="zzz_broken.png"):
+        hash_dataset(ds, method="colour_dct", cache_dir=False, progress=False)
 
 
 # --------------------------------------------------------------------------- plans

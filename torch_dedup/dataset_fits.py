@@ -26,16 +26,15 @@ from __future__ import annotations
 
 import hashlib
 import logging
-import os
 from pathlib import Path
 
 import numpy as np
-from PIL import Image
 
 from ._checks import FITTED_METHODS
 from ._store import read_store, write_store
 from .errors import DedupError, StoreError
-from .hashing.colour_dct import COLOUR_DCT_VERSION, ColourDctFit, fit_colour_dct_images
+from .hashing import read_colour_dct_features
+from .hashing.colour_dct import COLOUR_DCT_VERSION, ColourDctFit, fit_colour_dct
 from .options import DedupOptions
 from .sidecar import hash_environment, sidecar_file
 from .sources import ImageSource, source_of
@@ -52,10 +51,6 @@ FIT_SAMPLE = 20_000
 FIT_SEED = 0
 FIT_SUFFIX = ".tdfit"
 _KIND = "colour-dct-fit"
-#: Sampled images larger than this (longest side, pixels) are shrunk for the fit: features
-#: are taken at 32x32, and 20,000 full-size photos would not fit in memory.
-_FIT_SIDE = 64
-_GREY = frozenset({"1", "L", "LA", "La", "I", "I;16", "I;16B", "I;16L", "I;16N", "F"})
 
 
 def needs_fit(options: DedupOptions) -> bool:
@@ -131,38 +126,22 @@ def _store_fit(path: Path | None, fit: ColourDctFit, source: ImageSource, option
         return None
 
 
-def _shrunk(im: Image.Image) -> Image.Image:
-    im = im.convert("L" if im.mode in _GREY else "RGB")
-    if max(im.size) > _FIT_SIDE:
-        im = im.copy()
-        im.thumbnail((_FIT_SIDE, _FIT_SIDE), Image.Resampling.BILINEAR)
-    return im
-
-
-def _sample_images(source: ImageSource, idx: np.ndarray) -> list:
-    """The sampled items as images the fit reads; items that cannot be read are left out (hashing reports them)."""
+def _sample_items(source: ImageSource, idx: np.ndarray):
+    """The sampled items as the hashing reads them: a stacked array, or paths / ``image_fn`` results."""
     if source.kind == "array":
-        return [source.array_batch(int(i), int(i) + 1)[0] for i in idx.tolist()] if len(idx) < source.n \
-            else list(source.array_batch(0, source.n))
-    out, failed = [], 0
-    paths = source.paths() if source.kind == "files" else None
+        if len(idx) == source.n:
+            return source.array_batch(0, source.n)
+        return np.stack([source.array_batch(i, i + 1)[0] for i in idx.tolist()])
+    if source.kind == "files":
+        paths = source.paths()
+        return [paths[i] for i in idx.tolist()]
+    out = []
     for i in idx.tolist():
         try:
-            item = paths[i] if paths is not None else source.item(i)
-            if isinstance(item, (str, os.PathLike)):
-                with Image.open(item) as im:
-                    out.append(_shrunk(im))
-            elif isinstance(item, Image.Image):
-                out.append(_shrunk(item))
-            else:
-                out.append(item)  # an array or tensor, read as the hashing reads it
+            out.append(source.item(i))
         except Exception as exc:  # noqa: BLE001 - an unreadable item is reported by the hashing that follows
-            failed += 1
             logger.debug("fit sample: item %d of %s unreadable (%s: %s)", i, source.description,
                          type(exc).__name__, exc)
-    if failed:
-        logger.info("fit sample of %s: %d of %d sampled items could not be read and were left out of the fit",
-                    source.description, failed, len(idx))
     return out
 
 
@@ -188,18 +167,26 @@ def dataset_fit(ds, options: DedupOptions) -> ColourDctFit:
         logger.debug("fit file hit: %s", path)
         return fit
     idx = fit_sample_indices(source.n)
-    images = _sample_images(source, idx)
-    if not images:
+    try:
+        # the exact features of the sampled items, as the codes will read them; unreadable ones
+        # are left out here and reported by the hashing that follows
+        feats, valid, _ = read_colour_dct_features(_sample_items(source, idx), on_error="skip",
+                                                   progress=options.progress and len(idx) >= 1000,
+                                                   desc=f"{options.method} fit sample")
+    except ValueError as exc:
+        raise ValueError(f"fitting method={options.method!r} on {len(idx)} sampled items of "
+                         f"{source.description}: {exc}") from exc
+    n_read = int(np.count_nonzero(valid))
+    if n_read == 0:
         raise DedupError(f"none of the {len(idx)} items sampled from {source.description} to fit "
                          f"method={options.method!r} could be read; check the data (hash it with on_error='skip' "
                          f"to list the failures), or pass fit= made on readable images")
-    try:
-        fit = fit_colour_dct_images(images, bits=options.bits, seed=FIT_SEED)
-    except ValueError as exc:
-        raise ValueError(f"fitting method={options.method!r} on {len(images)} sampled items of "
-                         f"{source.description}: {exc}") from exc
-    written = _store_fit(path, fit, source, options, len(images))
-    logger.debug("fitted %s on %d items of %s (fingerprint %s), stored in %s", options.method, len(images),
+    if n_read < len(idx):
+        logger.info("fit sample of %s: %d of %d sampled items could not be read and were left out of the fit",
+                    source.description, len(idx) - n_read, len(idx))
+    fit = fit_colour_dct(feats[valid], bits=options.bits, seed=FIT_SEED)
+    written = _store_fit(path, fit, source, options, n_read)
+    logger.debug("fitted %s on %d items of %s (fingerprint %s), stored in %s", options.method, n_read,
                  source.description, fit.fingerprint, written)
     return fit
 

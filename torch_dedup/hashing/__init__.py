@@ -1,7 +1,7 @@
 """Perceptual hashing, bit for bit equal to imagehash 4.3 (layer 1)."""
 
 from ._decode import hash_files
-from ._fitted import check_fit
+from ._fitted import check_fit, read_colour_dct_features
 from .api import METHODS, HashResult, from_hex, hash_array, hash_bits, hash_images, to_hex
 from .colour_dct import (COLOUR_DCT_DIMS, COLOUR_DCT_VERSION, ColourDctFit, colour_dct_features,
                          cosine_for_threshold, fit_colour_dct, fit_colour_dct_images, threshold_for_cosine)
@@ -9,5 +9,6 @@ from .colour_dct import (COLOUR_DCT_DIMS, COLOUR_DCT_VERSION, ColourDctFit, colo
 __all__ = [
     "COLOUR_DCT_DIMS", "COLOUR_DCT_VERSION", "ColourDctFit", "HashResult", "METHODS", "check_fit", "colour_dct_features",
     "cosine_for_threshold", "fit_colour_dct", "fit_colour_dct_images", "from_hex", "hash_array", "hash_bits", "hash_files", "hash_images",
+    "read_colour_dct_features",
     "threshold_for_cosine", "to_hex",
 ]

@@ -17,9 +17,9 @@ from PIL import Image
 
 from torch_dedup.errors import ImageDecodeError
 from torch_dedup.hashing._inputs import is_torch_tensor
-from torch_dedup.hashing.colour_dct import ColourDctFit, colour_dct_features
+from torch_dedup.hashing.colour_dct import COLOUR_DCT_DIMS, ColourDctFit, colour_dct_features
 
-__all__ = ["check_fit", "fitted_codes"]
+__all__ = ["check_fit", "fitted_codes", "read_colour_dct_features"]
 
 
 def check_fit(method: str, hash_size: int, fit: Any, *, required: bool = True) -> None:
@@ -63,30 +63,30 @@ def _one(item: Any, i: int) -> np.ndarray:
         raise ValueError(str(exc).replace("images[0]", f"images[{i}]")) from exc
 
 
-def fitted_codes(images: Any, method: str, hash_size: int, fit: ColourDctFit, *, on_error: str = "raise",
-                 progress: bool = False, batch_size: int = 4096) -> tuple[np.ndarray, np.ndarray, tuple]:
-    """``(words (N, W) uint64, valid (N,) bool, failures)`` of ``images`` coded with ``fit``.
+def read_colour_dct_features(images: Any, *, on_error: str = "raise", progress: bool = False, batch_size: int = 4096,
+                  desc: str = "colour_dct features") -> tuple[np.ndarray, np.ndarray, tuple]:
+    """``(features (N, D) float32, valid (N,) bool, failures)`` of ``images`` (colour DCT features).
 
     ``images`` is what :func:`~torch_dedup.hashing.hash_images` takes. A stacked array or
-    tensor is coded at once (it cannot fail item by item); a sequence in batches, and a
-    batch that fails is redone item by item so the failure is pinned to its index.
+    tensor is read at once (it cannot fail item by item); a sequence in batches, and a
+    batch that fails is redone item by item so that a failure is pinned to its index
+    (``on_error="skip"``: recorded, its row 0; ``"raise"``: an ``ImageDecodeError``
+    naming it). An input of a bad type, dtype or shape is a ``ValueError`` either way.
     """
-    check_fit(method, hash_size, fit)
     if isinstance(images, np.ndarray) or is_torch_tensor(images):
-        words = fit.codes(colour_dct_features(images, progress=progress))
-        words = words.reshape(len(words), -1)
-        return words, np.ones(len(words), bool), ()
+        feats = colour_dct_features(images, progress=progress)
+        return feats, np.ones(len(feats), bool), ()
     if isinstance(images, (str, bytes, os.PathLike, Image.Image)):
         raise ValueError(f"images must be a sequence of images or a stacked array, got a single "
                          f"{type(images).__name__}; wrap it in a list: hash_images([image])")
     items = list(images)
     n = len(items)
-    feats = np.zeros((n, fit.centre.shape[0]), dtype=np.float32)
+    feats = np.zeros((n, COLOUR_DCT_DIMS), dtype=np.float32)
     valid = np.ones(n, dtype=bool)
     failures: list[tuple[int, str, str]] = []
     from tqdm.auto import tqdm
 
-    with tqdm(total=n, disable=not progress, desc=f"{method} features", unit="img") as bar:
+    with tqdm(total=n, disable=not progress, desc=desc, unit="img") as bar:
         for start in range(0, n, batch_size):
             stop = min(n, start + batch_size)
             try:
@@ -101,6 +101,16 @@ def fitted_codes(images: Any, method: str, hash_size: int, fit: ColourDctFit, *,
                         valid[i] = False
                         failures.append((i, exc.source, exc.reason))
             bar.update(stop - start)
-    words = fit.codes(feats).reshape(n, -1)
+    return feats, valid, tuple(failures)
+
+
+def fitted_codes(images: Any, method: str, hash_size: int, fit: ColourDctFit, *, on_error: str = "raise",
+                 progress: bool = False, batch_size: int = 4096) -> tuple[np.ndarray, np.ndarray, tuple]:
+    """``(words (N, W) uint64, valid (N,) bool, failures)`` of ``images`` coded with ``fit``
+    (features by :func:`read_colour_dct_features`; rows of failed items are 0)."""
+    check_fit(method, hash_size, fit)
+    feats, valid, failures = read_colour_dct_features(images, on_error=on_error, progress=progress, batch_size=batch_size,
+                                           desc=f"{method} features")
+    words = fit.codes(feats).reshape(len(feats), -1)
     words[~valid] = 0
-    return words, valid, tuple(failures)
+    return words, valid, failures
