@@ -225,6 +225,18 @@ def test_plan_finds_the_copies_and_codes_against_with_the_train_fit(folders, tmp
     np.testing.assert_array_equal(h_test.hashes, fit.codes(colour_dct_features(_paths(test))))
 
 
+def test_against_hashes_of_another_space_are_refused(folders, tmp_path):
+    train, test = ImageFolder(folders / "train"), ImageFolder(folders / "test")
+    own = hash_dataset(test, method="colour_dct", cache_dir=tmp_path, progress=False)  # the test set's own fit
+    with pytest.raises(ValueError, match="codes of another method or fit are not comparable"):
+        plan_dataset(train, method="colour_dct", against=own, cache_dir=tmp_path, progress=False, distributed=False)
+    phash = hash_dataset(test, cache_dir=tmp_path, progress=False)  # 64 bits too, another method
+    with pytest.raises(ValueError, match="codes of another method or fit are not comparable"):
+        plan_dataset(train, method="colour_dct", against=phash, cache_dir=tmp_path, progress=False, distributed=False)
+    with pytest.raises(ValueError, match="codes of another method or fit are not comparable"):
+        plan_dataset(train, method="dhash", against=phash, cache_dir=tmp_path, progress=False, distributed=False)
+
+
 def test_a_given_plan_with_another_fit_is_refused(folders, tmp_path):
     train = ImageFolder(folders / "train")
     plan = plan_dataset(train, threshold=6, method="colour_dct", cache_dir=tmp_path, progress=False,

@@ -61,7 +61,7 @@ def test_against_hashes_of_another_fit_are_refused(folders, tmp_path):
     net = _net()
     train, test = ImageFolder(folders / "train"), ImageFolder(folders / "test")
     own = embed_dataset(test, net, bits=256, cache_dir=tmp_path, progress=False)  # the test set's own fit
-    with pytest.raises(ValueError, match="codes of two fits are not comparable"):
+    with pytest.raises(ValueError, match="codes of another method or fit are not comparable"):
         plan_dataset(train, embed=net, hash_size=16, against=own, cache_dir=tmp_path, progress=False,
                      distributed=False)
 

@@ -161,8 +161,7 @@ def plan_with(ds, options: DedupOptions, *, distributed: bool | str = "auto", gr
                                                len(dh), options.per_class, type(ds).__name__), "checking labels")
     against, against_prints = None, []
     if options.against is not None:
-        against, against_prints = _hashes_of_against(options.against, options, hasher,  # a collective itself
-                                                     dh.meta.get("fit_fingerprint"))
+        against, against_prints = _hashes_of_against(options.against, options, hasher, dh)  # a collective itself
     plan = together(lambda: plan_from_hashes(dh, options.threshold, policy=options.policy,
                                              per_class=options.per_class, labels=labels, priority=options.priority,
                                              against=against, against_fingerprints=against_prints,
@@ -192,12 +191,17 @@ def _embedded(ds, options: DedupOptions, collective: bool, fit=None) -> DatasetH
                          on_error=options.on_error, progress=options.progress, refresh=options.refresh)
 
 
-def _hashes_of_against(against, options: DedupOptions, hasher, embed_fit: str | None = None
-                       ) -> tuple[np.ndarray, list]:
+def _code_space(dh: DatasetHashes) -> tuple:
+    """What makes two sets' codes comparable: method, hash size and, for fitted codes, the fit."""
+    return dh.meta.get("method"), dh.meta.get("hash_size"), dh.meta.get("fit") or dh.meta.get("fit_fingerprint")
+
+
+def _hashes_of_against(against, options: DedupOptions, hasher, mine: DatasetHashes) -> tuple[np.ndarray, list]:
     """``against`` (hashes, DatasetHashes, dataset, or a list of them) → valid hashes, fingerprints.
 
-    ``embed_fit``: with ``embed=``, the fingerprint of the dataset's fit, which a given
-    ``DatasetHashes`` must have been coded with.
+    A given ``DatasetHashes`` that records its method must be in the dataset's code space
+    (``mine``'s method, hash size and fit): codes of another method or fit can have the same
+    width and still mean nothing against these.
     """
     items = list(against) if isinstance(against, (list, tuple)) else [against]
     # the other sets are hashed like this one, but never filtered by this one's settings
@@ -210,10 +214,11 @@ def _hashes_of_against(against, options: DedupOptions, hasher, embed_fit: str | 
             prints.append(None)
             continue
         dh = item if isinstance(item, DatasetHashes) else hasher(item, other)
-        if embed_fit is not None and dh.meta.get("fit_fingerprint") != embed_fit:
-            raise ValueError(f"against= holds hashes coded with embedding fit {dh.meta.get('fit_fingerprint')!r}, "
-                             f"but the dataset's codes use fit {embed_fit!r}: codes of two fits are not comparable. "
-                             f"Pass the other set itself (it is then coded with the dataset's fit)")
+        # (a DatasetHashes built by hand, without provenance, is taken like a raw hash array)
+        if "method" in dh.meta and _code_space(dh) != _code_space(mine):
+            raise ValueError(f"against= holds hashes of (method, hash_size, fit) {_code_space(dh)}, but the dataset's "
+                             f"codes are {_code_space(mine)}: codes of another method or fit are not comparable. "
+                             f"Pass the other set itself (it is then coded like the dataset, with its fit)")
         parts.append(dh.hashes[dh.valid])
         prints.append(dh.fingerprint)
     widths = {p.shape[1:] for p in parts}
