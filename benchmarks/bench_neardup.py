@@ -53,6 +53,7 @@ import tempfile
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
+from types import SimpleNamespace
 
 import numba
 import numpy as np
@@ -224,12 +225,15 @@ def _as_words(codes) -> np.ndarray:
 
 
 def colour_dct_module():
-    """``torch_dedup.hashing.colour_dct`` when this checkout has it, else None."""
+    """The colour_dct API this benchmark uses (``colour_dct_features``, ``fit_colour_dct_images``,
+    ``DEFAULT_THRESHOLD``) when this checkout has it, else None."""
     try:
-        from torch_dedup.hashing import colour_dct
+        from torch_dedup.hashing.colour_dct import colour_dct_features
+        from torch_dedup.hashing.colour_dct_fit import DEFAULT_THRESHOLD, fit_colour_dct_images
     except ImportError:
         return None
-    return colour_dct
+    return SimpleNamespace(colour_dct_features=colour_dct_features, fit_colour_dct_images=fit_colour_dct_images,
+                           DEFAULT_THRESHOLD=DEFAULT_THRESHOLD)
 
 
 @dataclass

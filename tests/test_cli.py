@@ -202,10 +202,7 @@ def test_sweep_threshold_outside_the_swept_range_is_refused(capsys):
 
 
 def test_sweep_cosine_column_for_hyperplane_codes(sample_npz, tmp_path, capsys):
-    from torch_dedup import _checks
-    if "colour_dct" not in getattr(_checks, "FITTED_METHODS", ()):
-        pytest.skip("method colour_dct is not available in this build")
-    from torch_dedup.hashing.colour_dct import cosine_for_threshold
+    from torch_dedup.hashing import cosine_for_threshold
     common = [str(sample_npz), "--method", "colour_dct", "--hash-size", "16", "-T", "24", "--no-progress",
               "--cache-dir", str(tmp_path)]
     assert main(["sweep", *common, "--json"]) == 0

@@ -1,7 +1,7 @@
 """Dataset → the fit of a fitted method (``colour_dct``), made once and then read from a fit file (layer 3).
 
 A fitted method's codes live in a space learned from the data (issue 16): the whitening and
-projection of :mod:`torch_dedup.hashing.colour_dct`. For train and test, every shard and
+projection of :mod:`torch_dedup.hashing.colour_dct_fit`. For train and test, every shard and
 every rank to be compared in one space, the fit is made **once per dataset** and then
 applied to everything compared with it:
 
@@ -34,7 +34,8 @@ from ._checks import FITTED_METHODS
 from ._store import read_store, write_store
 from .errors import DedupError, StoreError
 from .hashing import read_colour_dct_features
-from .hashing.colour_dct import COLOUR_DCT_VERSION, ColourDctFit, fit_colour_dct
+from .hashing.colour_dct import COLOUR_DCT_VERSION
+from .hashing.colour_dct_fit import ColourDctFit, fit_colour_dct
 from .options import DedupOptions
 from .sidecar import hash_environment, sidecar_file
 from .sources import ImageSource, source_of

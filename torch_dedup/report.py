@@ -164,7 +164,7 @@ def threshold_cosines(plan: DedupPlan, max_threshold: int | None = None) -> list
         >>> [round(c, 3) for c in threshold_cosines(plan)]
         [1.0, 0.999]
     """
-    from .hashing.colour_dct import cosine_for_threshold
+    from .hashing import cosine_for_threshold
     method = plan.settings.get("method")
     bits = plan.settings.get("hash_bits")
     if not isinstance(method, str) or not method.startswith(("colour_dct", "embed")) or not isinstance(bits, int):

@@ -3,8 +3,9 @@
 from ._decode import hash_files
 from ._fitted import check_fit, read_colour_dct_features
 from .api import METHODS, HashResult, from_hex, hash_array, hash_bits, hash_images, to_hex
-from .colour_dct import (COLOUR_DCT_DIMS, COLOUR_DCT_VERSION, ColourDctFit, colour_dct_features,
-                         cosine_for_threshold, fit_colour_dct, fit_colour_dct_images, threshold_for_cosine)
+from .colour_dct import COLOUR_DCT_DIMS, COLOUR_DCT_VERSION, colour_dct_features
+from .colour_dct_fit import (ColourDctFit, cosine_for_threshold, fit_colour_dct, fit_colour_dct_images,
+                             threshold_for_cosine)
 
 __all__ = [
     "COLOUR_DCT_DIMS", "COLOUR_DCT_VERSION", "ColourDctFit", "HashResult", "METHODS", "check_fit", "colour_dct_features",

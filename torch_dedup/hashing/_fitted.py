@@ -1,7 +1,7 @@
 """Codes of the fitted methods (``colour_dct``) from images, with the failure handling of ``hash_images``.
 
 A fitted method's code is ``fit.codes(features(image))``: the features depend on the image
-alone, the fit on the dataset it was made on (:mod:`torch_dedup.hashing.colour_dct`). The
+alone, the fit on the dataset it was made on (:mod:`torch_dedup.hashing.colour_dct_fit`). The
 hashing API routes ``method="colour_dct"`` here; this module only adds what ``hash_images``
 promises for every method: ``on_error`` (a failing item is pinned to its index, the others
 are coded), ``valid`` and ``failures``, and one check that the fit matches the code length.
@@ -17,7 +17,8 @@ from PIL import Image
 
 from torch_dedup.errors import ImageDecodeError
 from torch_dedup.hashing._inputs import is_torch_tensor
-from torch_dedup.hashing.colour_dct import COLOUR_DCT_DIMS, ColourDctFit, colour_dct_features
+from torch_dedup.hashing.colour_dct import COLOUR_DCT_DIMS, colour_dct_features
+from torch_dedup.hashing.colour_dct_fit import ColourDctFit
 
 __all__ = ["check_fit", "fitted_codes", "read_colour_dct_features"]
 

@@ -1,7 +1,7 @@
 """colour_dct features of one shard's images, kept in a feature sidecar: one decode per image.
 
 A colour_dct code is ``fit.codes(features(image))``: the 133 features depend on the image
-alone, the fit on the data it was made on (:mod:`torch_dedup.hashing.colour_dct`). So a
+alone, the fit on the data it was made on (:mod:`torch_dedup.hashing.colour_dct_fit`). So a
 shard's images are decoded once, into a *feature sidecar* beside the shard
 (``shard-000.tar.colour_dct-features.tdfeat``, 532 bytes per image), and everything else
 is read from it: the seeded sample a fit of the shards is made on
