@@ -24,7 +24,12 @@ from torch_dedup.embedding import (
 )
 from torch_dedup.errors import EmptyDedupError, ImageDecodeError
 from torch_dedup.hamming import hamming_pairs
-from torch_dedup.hashing import cosine_for_threshold, threshold_for_cosine, to_hex
+from torch_dedup.hashing import (
+    cosine_for_threshold,
+    hyperplanes,
+    threshold_for_cosine,
+    to_hex,
+)
 from torch_dedup.planning import plan_from_hashes
 
 
@@ -264,6 +269,24 @@ def test_codes_match_naive_reference_and_packing(images):
     parts = np.concatenate([fit.codes(emb[i:i + 7]) for i in range(0, 300, 7)])
     np.testing.assert_array_equal(whole, parts)  # no dependence on the batch
     assert fit_embeddings(emb, seed=2).fingerprint != fit.fingerprint
+
+
+def test_codes_are_pinned():
+    """Codes and fit fingerprints that sidecars keep never drift (values from before the fit moved to hashing)."""
+    emb = np.random.default_rng(0).standard_normal((4, 16)).astype(np.float32)
+    fit = fit_embeddings(emb, bits=64, seed=7)
+    assert fit.fingerprint == "f3157cba4a1e37a5556467399b8cad19"
+    assert to_hex(fit.codes(emb)) == ["8f5c9fac5ff4d74d", "48f83b45fb56706d", "3803401990a8b2b2", "83f22273c40f09d0"]
+    fit = fit_embeddings(emb, bits=128, seed=7)
+    assert fit.fingerprint == "621cbf359ca525119398ba507e0d0846"
+    assert to_hex(fit.codes(emb)) == ["0483dc543af5f46e235dce95fd8bcd0d", "5fc38c449ef8670ca679fa2026ed04b2",
+                                      "f7347931c50b90a3d18a46ae90179b12", "807c939bfd5e1f58cd3631fb42f0f2e0"]
+
+
+def test_fit_lives_in_hashing_and_is_re_exported():
+    assert hyperplanes.__all__ == sorted(hyperplanes.__all__)
+    for name in ("DEFAULT_BITS", "EMBED_VERSION", "EmbeddingFit", "fit_embeddings"):
+        assert getattr(embedding, name) is getattr(hyperplanes, name)
 
 
 def test_centring_decorrelates_bits(images):

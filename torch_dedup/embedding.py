@@ -7,29 +7,24 @@ a perceptual hash:
 1. :func:`embed_images` runs the model batched on the device the caller picks, under
    ``torch.inference_mode()``, with the module switched to ``eval()`` for the call (and every
    submodule's training flag restored afterwards, also on error).
-2. :func:`fit_embeddings` learns, once per dataset, the centre of its unit-length embeddings
-   and draws seeded Gaussian hyperplanes; :meth:`EmbeddingFit.codes` turns embeddings into
-   ``bits``-bit sign codes packed like every hash of the library. For random hyperplanes
-   ``hamming / bits`` estimates ``angle / pi`` between the centred vectors, so a Hamming
-   threshold is a cosine (:func:`torch_dedup.hashing.threshold_for_cosine`).
+2. :func:`fit_embeddings` and :class:`EmbeddingFit` (numpy only, in
+   :mod:`torch_dedup.hashing.hyperplanes`, re-exported here) centre the unit-length embeddings
+   and turn them into seeded random-hyperplane sign codes, packed like every hash.
 3. :func:`embed_dataset` is compute-or-load for a dataset: the float32 embeddings are kept in a
    checksummed sidecar keyed on the data's fingerprint, the model's weights fingerprint
    (:func:`model_fingerprint`) and the transform, and the codes come back as a
    :class:`~torch_dedup.dataset_hashes.DatasetHashes` that planning uses like phash hashes.
+   :func:`embed_dataset_distributed` is the same as a ``torch.distributed`` collective: each
+   item embedded once in the group, one fit, the same codes on every rank.
 
-Why centre: CNN features after a ReLU are all positive, so every pair of images has a large
-cosine and random hyperplanes through the origin split them into correlated bits; subtracting
-the dataset's mean direction spreads them around the origin. Why unit length first: a
-brightness or contrast change scales many features together, which should not count as a
-difference. See docs/embeddings.md.
+See docs/embeddings.md.
 """
 
 from __future__ import annotations
 
 import hashlib
-import math
-import json
 import logging
+import math
 import os
 from collections.abc import Callable
 from contextlib import contextmanager
@@ -40,12 +35,21 @@ from typing import Any
 
 import numpy as np
 import torch
+import torch.distributed as dist
 from PIL import Image
 
 from ._checks import check_bool, check_int, check_on_error
 from ._store import pack_strings, read_store, unpack_strings, write_store
 from .dataset_hashes import DatasetHashes
-from .errors import EmptyDedupError, ImageDecodeError, SidecarError
+from .distributed_hashing import agree
+from .errors import DedupError, EmptyDedupError, ImageDecodeError, SidecarError
+from .hashing.hyperplanes import (
+    DEFAULT_BITS,
+    EMBED_VERSION,
+    EmbeddingFit,
+    check_bits,
+    fit_embeddings,
+)
 from .sidecar import (
     SIDECAR_SUFFIX,
     hash_environment,
@@ -55,19 +59,13 @@ from .sidecar import (
 )
 from .sources import source_of
 
-__all__ = ["DEFAULT_BITS", "EMBED_VERSION", "EmbeddingFit", "EmbeddingHashes", "embed_dataset", "embed_images",
-           "fit_embeddings", "model_fingerprint"]
+__all__ = ["DEFAULT_BITS", "EMBED_VERSION", "EmbeddingFit", "EmbeddingHashes", "embed_dataset",
+           "embed_dataset_distributed", "embed_images", "fit_embeddings", "model_fingerprint"]
 
 logger = logging.getLogger(__name__)
 
-#: Names everything between the model's output and the bits: the default transform, unit length,
-#: centring, the hyperplanes' generator, the packing. Stored with every fit and sidecar.
-EMBED_VERSION = "embed/1"
-#: Default code length.
-DEFAULT_BITS = 256
 _KIND = "embedding-sidecar"
 _DEFAULT_TRANSFORM = "rgb-to-tensor"  # torchvision's to_tensor of the RGB image: CHW float in [0, 1]
-_STEP = 4096  # rows per projection chunk (bounds the float64 copies)
 _FLOAT_SLACK = 1e-5  # as torch_dedup.hashing: a float tensor this far outside [0, 1] still converts
 _GREY_MODES = frozenset({"1", "L", "LA", "La", "I", "I;16", "I;16B", "I;16L", "I;16N", "F"})
 
@@ -440,222 +438,6 @@ def embed_images(images, embed, *, transform: Callable | None = None, device: st
     return np.concatenate(parts) if parts else np.zeros((0, 0), np.float32)
 
 
-# --------------------------------------------------------------------------- fit and codes
-
-
-def _as_embeddings(embeddings, dims: int | None = None, name: str = "embeddings") -> np.ndarray:
-    arr = np.asarray(embeddings)
-    if arr.ndim == 1 and dims is not None and arr.shape[0] == dims:
-        arr = arr[None, :]
-    if arr.ndim != 2 or (dims is not None and arr.shape[1] != dims) or arr.shape[1] == 0:
-        want = f"(N, {dims})" if dims is not None else "(N, D) with D >= 1"
-        raise ValueError(f"{name} must have shape {want} (from embed_images with this fit's model), got {arr.shape}")
-    if not np.issubdtype(arr.dtype, np.floating):
-        raise ValueError(f"{name} must be floating point embeddings, got dtype {arr.dtype}")
-    if not np.isfinite(arr).all():
-        raise ValueError(f"{name} contains NaN or infinite values; embed the images again (embed_images)")
-    return arr
-
-
-def _check_bits(bits) -> int:
-    bits = check_int("bits", bits, 64, 1024, hint="a multiple of 64: 64, 128, 256, ...")
-    if bits % 64:
-        raise ValueError(f"bits={bits} must be a multiple of 64 in [64, 1024] (whole uint64 words), e.g. 256")
-    return bits
-
-
-def _unit_rows(arr: np.ndarray) -> np.ndarray:
-    """Rows scaled to length 1 in float64 (a zero row stays zero); einsum keeps each row's sum order fixed."""
-    e = np.asarray(arr, dtype=np.float64)
-    norm = np.sqrt(np.einsum("ij,ij->i", e, e))[:, None]
-    return np.divide(e, norm, out=np.zeros_like(e), where=norm > 0)
-
-
-def _pack(bits: np.ndarray) -> np.ndarray:
-    """Boolean ``(N, 64 W)`` -> ``uint64`` ``(N, W)``: bit 0 is the most significant bit of word 0."""
-    n, b = bits.shape
-    return np.ascontiguousarray(np.packbits(bits, axis=1)).view(">u8").astype(np.uint64).reshape(n, b // 64)
-
-
-def _fit_fingerprint(meta: dict, centre: np.ndarray, planes: np.ndarray) -> str:
-    h = hashlib.blake2b(digest_size=16)
-    h.update(json.dumps(meta, sort_keys=True, separators=(",", ":")).encode())
-    for arr in (centre, planes):
-        h.update(np.ascontiguousarray(arr, dtype="<f4").tobytes())
-    return h.hexdigest()
-
-
-def _frozen(arr) -> np.ndarray:
-    out = np.array(arr, dtype=np.float32, order="C", copy=True)
-    out.setflags(write=False)
-    return out
-
-
-@dataclass(frozen=True, eq=False)
-class EmbeddingFit:
-    """The centre and hyperplanes that turn one model's embeddings into comparable codes.
-
-    Apply the *same* fit to everything compared with a dataset (its ``against=`` sets):
-    codes of different fits, or of another model, are not comparable. Build one with
-    :func:`fit_embeddings` (or let :func:`embed_dataset` fit it); store it with
-    :meth:`to_arrays`, restore it with :meth:`from_arrays`.
-
-    Attributes:
-        centre: float32 ``(D,)``: mean of the fitted set's unit-length embeddings.
-        planes: float32 ``(D, bits)``: seeded standard normal hyperplanes.
-        bits: code length, a multiple of 64 in [64, 1024].
-        seed: the hyperplanes' seed (``np.random.default_rng(seed)``).
-        n_fit: rows the centre was computed from (informational).
-        model_fingerprint: :func:`model_fingerprint` of the model the fit is for ("" unknown).
-        fingerprint: BLAKE2b (32 hex digits) of the settings, the model fingerprint and the arrays.
-    """
-
-    centre: np.ndarray
-    planes: np.ndarray
-    bits: int
-    seed: int
-    n_fit: int
-    model_fingerprint: str = ""
-    fingerprint: str = ""
-
-    def __post_init__(self):
-        bits = _check_bits(self.bits)
-        centre, planes = np.asarray(self.centre), np.asarray(self.planes)
-        if centre.ndim != 1 or centre.shape[0] < 1 or planes.shape != (centre.shape[0], bits):
-            raise ValueError(f"EmbeddingFit needs centre (D,) and planes (D, {bits}); got {centre.shape} and "
-                             f"{planes.shape}")
-        for name, arr in (("centre", centre), ("planes", planes)):
-            if not np.issubdtype(arr.dtype, np.floating) or not np.isfinite(arr).all():
-                raise ValueError(f"EmbeddingFit.{name} must be finite floats, got {arr.dtype}")
-            object.__setattr__(self, name, _frozen(arr))
-        object.__setattr__(self, "bits", bits)
-        object.__setattr__(self, "seed", int(self.seed))
-        object.__setattr__(self, "n_fit", int(self.n_fit))
-        object.__setattr__(self, "model_fingerprint", str(self.model_fingerprint))
-        expected = _fit_fingerprint(self._meta_core(), self.centre, self.planes)
-        if self.fingerprint and self.fingerprint != expected:
-            raise ValueError(f"EmbeddingFit fingerprint {self.fingerprint!r} does not match its arrays and settings "
-                             f"({expected!r}): the stored fit is corrupt or was edited; fit it again")
-        object.__setattr__(self, "fingerprint", expected)
-
-    def _meta_core(self) -> dict:
-        return {"version": EMBED_VERSION, "dims": self.dims, "bits": self.bits, "seed": self.seed,
-                "model_fingerprint": self.model_fingerprint, "centre": "mean of unit rows"}
-
-    @property
-    def dims(self) -> int:
-        """Embedding dimension D."""
-        return int(self.centre.shape[0])
-
-    @property
-    def words(self) -> int:
-        """``uint64`` words per code (``bits // 64``)."""
-        return self.bits // 64
-
-    def centred(self, embeddings) -> np.ndarray:
-        """float64 ``(N, D)``: each embedding scaled to unit length, minus :attr:`centre` (the space of codes and cosines)."""
-        return _unit_rows(_as_embeddings(embeddings, self.dims)) - self.centre.astype(np.float64)
-
-    def codes(self, embeddings) -> np.ndarray:
-        """Sign codes of the centred embeddings on the hyperplanes, packed for :mod:`torch_dedup.hamming`.
-
-        Bit ``j`` is ``centred(e) @ planes[:, j] > 0``; bit 0 is the most significant bit of
-        word 0 (the library's packing). The projections are float64 sums in a fixed order per
-        row (``np.einsum``, not BLAS, whose order depends on the batch), so the same
-        embeddings give the same bits in any batch or chunk.
-
-        Args:
-            embeddings: float ``(N, D)`` from :func:`embed_images` with the fit's model.
-
-        Returns:
-            ``uint64`` ``(N,)`` for 64 bits, else ``(N, bits // 64)``.
-        """
-        e = _as_embeddings(embeddings, self.dims)
-        planes = self.planes.astype(np.float64)
-        words = np.zeros((e.shape[0], self.words), dtype=np.uint64)
-        for s in range(0, e.shape[0], _STEP):
-            proj = np.einsum("nd,db->nb", self.centred(e[s:s + _STEP]), planes, optimize=False)
-            words[s:s + _STEP] = _pack(proj > 0)
-        return words[:, 0].copy() if self.words == 1 else words
-
-    def cosine(self, embeddings_a, embeddings_b) -> np.ndarray:
-        """Exact cosine of centred embeddings, row by row (float64 ``(N,)``): the re-check of Hamming candidates.
-
-        A row that is zero after centring has cosine 0 with everything (1 with another zero row).
-        """
-        a, b = self.centred(embeddings_a), self.centred(embeddings_b)
-        if a.shape[0] != b.shape[0] and 1 not in (a.shape[0], b.shape[0]):
-            raise ValueError(f"embeddings_a has {a.shape[0]} rows and embeddings_b {b.shape[0]}; pass equal counts "
-                             f"(or one row to compare with all)")
-        a, b = np.broadcast_arrays(a, b)
-        dot = np.einsum("ij,ij->i", a, b)
-        na, nb = np.sqrt(np.einsum("ij,ij->i", a, a)), np.sqrt(np.einsum("ij,ij->i", b, b))
-        den = na * nb
-        with np.errstate(invalid="ignore", divide="ignore"):
-            cos = np.where(den > 0, dot / np.where(den > 0, den, 1.0), np.where((na == 0) & (nb == 0), 1.0, 0.0))
-        return np.clip(cos, -1.0, 1.0)
-
-    def to_arrays(self) -> tuple[dict[str, np.ndarray], dict[str, Any]]:
-        """``(arrays, meta)``: float32 ``centre`` and ``planes``, and a JSON-able dict (no pickle)."""
-        return ({"centre": self.centre.copy(), "planes": self.planes.copy()},
-                dict(self._meta_core(), n_fit=self.n_fit, fingerprint=self.fingerprint))
-
-    @classmethod
-    def from_arrays(cls, arrays: dict[str, np.ndarray], meta: dict[str, Any]) -> EmbeddingFit:
-        """Rebuild a fit from :meth:`to_arrays`' output, checking its version and fingerprint.
-
-        Raises:
-            ValueError: a missing key, another version, or a fingerprint that does not match.
-        """
-        missing = [k for k in ("centre", "planes") if k not in arrays]
-        missing += [k for k in ("version", "bits", "seed", "fingerprint") if k not in meta]
-        if missing:
-            raise ValueError(f"a stored embedding fit lacks {missing}; store what EmbeddingFit.to_arrays returns")
-        if meta["version"] != EMBED_VERSION:
-            raise ValueError(f"a stored embedding fit has version {meta['version']!r}; this library makes "
-                             f"{EMBED_VERSION!r} codes: fit it again")
-        return cls(centre=np.asarray(arrays["centre"]), planes=np.asarray(arrays["planes"]), bits=int(meta["bits"]),
-                   seed=int(meta["seed"]), n_fit=int(meta.get("n_fit", 0)),
-                   model_fingerprint=str(meta.get("model_fingerprint", "")), fingerprint=str(meta["fingerprint"]))
-
-
-def fit_embeddings(embeddings, *, bits: int = DEFAULT_BITS, seed: int = 0,
-                   model_fingerprint: str | None = None) -> EmbeddingFit:
-    """Fit the centre and draw the hyperplanes of embedding codes on a dataset's embeddings.
-
-    The centre is the float64 mean of the unit-length embeddings (stored as float32); the
-    hyperplanes are ``np.random.default_rng(seed).standard_normal((D, bits), dtype=np.float32)``.
-    Deterministic for the same embeddings and settings.
-
-    Args:
-        embeddings: float ``(N, D)``, N >= 1, from :func:`embed_images`.
-        bits: code length, a multiple of 64 in [64, 1024].
-        seed: the hyperplanes' seed.
-        model_fingerprint: :func:`model_fingerprint` of the model, recorded so that a fit is
-            never applied to another model's embeddings by :func:`embed_dataset`.
-
-    Returns:
-        An :class:`EmbeddingFit`.
-
-    Example:
-        >>> import numpy as np
-        >>> fit = fit_embeddings(np.random.default_rng(0).random((10, 32)), bits=128)
-        >>> fit.codes(np.ones((3, 32))).shape
-        (3, 2)
-    """
-    e = _as_embeddings(embeddings)
-    if e.shape[0] < 1:
-        raise ValueError("embeddings has no rows; fit on the embeddings of at least one image (thousands is better)")
-    bits = _check_bits(bits)
-    seed = check_int("seed", seed, 0, 2**63 - 1)
-    if model_fingerprint is not None and not isinstance(model_fingerprint, str):
-        raise ValueError(f"model_fingerprint={model_fingerprint!r} must be a string from model_fingerprint() or None")
-    centre = _unit_rows(e).mean(axis=0)
-    planes = np.random.default_rng(seed).standard_normal((e.shape[1], bits), dtype=np.float32)
-    return EmbeddingFit(centre=centre.astype(np.float32), planes=planes, bits=bits, seed=seed, n_fit=e.shape[0],
-                        model_fingerprint=model_fingerprint or "")
-
-
 # --------------------------------------------------------------------------- datasets and sidecars
 
 
@@ -727,14 +509,19 @@ def _write_cache(path: Path, emb, valid, failures, fit: EmbeddingFit | None, met
         return None
 
 
-def _embed_source(source, runner: _Runner, batch_size: int, on_error: str, progress: bool):
-    """Embeddings of every item of a source: ``(rows (N, D) float32, valid, failures)``."""
-    n = source.n
+def _embed_range(source, runner: _Runner, start: int, stop: int, batch_size: int, on_error: str, progress: bool):
+    """Embeddings of items ``start..stop-1`` of a source: ``(rows (stop-start, D) float32, valid, failures)``.
+
+    ``failures`` hold the items' dataset indices. ``start`` should be a multiple of
+    ``batch_size`` (as :func:`_batch_slice` gives): the batches are then the one-process
+    run's own, so a model whose output depends on the batch's composition gives the same rows.
+    """
+    n = stop - start
     done: list[tuple[np.ndarray, np.ndarray]] = []
     failures: list = []
     with _eval_mode(runner.module), _progress_bar(n, progress, "embedding") as bar:
-        for b0 in range(0, n, batch_size):
-            b1 = min(n, b0 + batch_size)
+        for b0 in range(start, stop, batch_size):
+            b1 = min(stop, b0 + batch_size)
             if source.kind == "array" and runner.transform is None:  # pixels already in memory: one vectorised batch
                 rgb = _array_rgb(source.array_batch(b0, b1), f"{source.description} items {b0}..{b1 - 1}", True)
                 batch = _uint8_tensor(rgb).permute(0, 3, 1, 2)
@@ -759,17 +546,162 @@ def _embed_source(source, runner: _Runner, batch_size: int, on_error: str, progr
                 names = [f"item {i}" for i in where]
                 done.append((np.asarray(where), runner.run(runner.stack(tensors, names), names)))
             bar.update(b1 - b0)
-    dims = runner.dims or 0
-    emb = np.zeros((n, dims), dtype=np.float32)
+    emb = np.zeros((n, runner.dims or 0), dtype=np.float32)
     valid = np.zeros(n, dtype=bool)
     for idx, rows in done:
-        emb[idx] = rows
-        valid[idx] = True
+        emb[idx - start] = rows
+        valid[idx - start] = True
     return emb, valid, sorted(failures)
+
+
+def _batch_slice(n: int, batch_size: int, rank: int, world: int) -> tuple[int, int]:
+    """Rank ``rank``'s contiguous items: whole batches of the one-process run, ``[r*B//W, (r+1)*B//W)`` of its B."""
+    batches = -(-n // batch_size)
+    return min(n, rank * batches // world * batch_size), min(n, (rank + 1) * batches // world * batch_size)
 
 
 def _zero_codes(n: int, bits: int) -> np.ndarray:
     return np.zeros((n,) if bits == 64 else (n, bits // 64), dtype=np.uint64)
+
+
+@dataclass(frozen=True)
+class _Job:
+    """One ``embed_dataset`` call, checked: the runner, the settings, the data and its sidecar."""
+
+    runner: _Runner
+    batch_size: int
+    on_error: str
+    progress: bool
+    refresh: bool
+    bits: int
+    seed: int
+    fit: EmbeddingFit | None
+    model_fp: str
+    transform_id: str | None
+    source: Any
+    dataset: str
+    path: Path | None
+    expect: dict
+
+
+@dataclass
+class _Embedded:
+    """A dataset's embeddings, read from its sidecar (``cached``) or computed."""
+
+    emb: np.ndarray
+    valid: np.ndarray
+    failures: list
+    stored_fit: EmbeddingFit | None = None
+    created: str | None = None
+    cached: bool = False
+
+
+def _prepare(ds, embed, *, transform, device, batch_size, bits, seed, fit, image_fn, fingerprint, embed_fingerprint,
+             cache_dir, on_error, progress, refresh) -> _Job:
+    """Check ``embed_dataset``'s arguments and find the data and the sidecar (nothing embedded, nothing read)."""
+    runner = _Runner(embed, transform, device)
+    batch_size = check_int("batch_size", batch_size, 1)
+    on_error = check_on_error(on_error)
+    check_bool("progress", progress)
+    check_bool("refresh", refresh)
+    if fit is not None and not isinstance(fit, EmbeddingFit):
+        raise TypeError(f"fit={fit!r:.80} must be an EmbeddingFit (e.g. embed_dataset(train, ...).fit) or None")
+    bits, seed = (fit.bits, fit.seed) if fit is not None else (check_bits(bits), check_int("seed", seed, 0, 2**63 - 1))
+    if cache_dir is not None and not isinstance(cache_dir, (bool, str, os.PathLike)):
+        raise ValueError(f"cache_dir={cache_dir!r} must be a folder, None (automatic) or False (no cache)")
+    model_fp = model_fingerprint(embed, embed_fingerprint)
+    if fit is not None and fit.model_fingerprint != model_fp:
+        raise ValueError(f"fit= was made for model {fit.model_fingerprint or 'unknown'!r} but embed= is "
+                         f"{model_fp!r}: codes of different models (or weights, or embed_fingerprint=) are not "
+                         f"comparable. Embed both sets with the same embed= and embed_fingerprint=")
+    transform_id = _DEFAULT_TRANSFORM if transform is None else ("user" if embed_fingerprint is not None else None)
+    source = source_of(ds, image_fn, fingerprint=fingerprint)
+    path = None
+    if cache_dir is not False:
+        if source.fingerprint is None:
+            logger.info("%s has no cheap content fingerprint; its embeddings are not cached. Pass fingerprint='...' "
+                        "(a string that changes when the data does) to cache them.", source.description)
+        elif transform_id is None:
+            logger.info("transform= cannot be fingerprinted, so the embeddings of %s are not cached. Pass "
+                        "embed_fingerprint='...' (a string that changes whenever the transform or model does) to "
+                        "cache them.", source.description)
+        else:
+            path = sidecar_file(_cache_name(source.fingerprint, model_fp, transform_id), source.root,
+                                None if cache_dir is True else cache_dir, class_folders=source.class_folders)
+    expect = {"embed_version": EMBED_VERSION, "fingerprint": source.fingerprint, "model_fingerprint": model_fp,
+              "transform": transform_id, "count": source.n, "hash_env": hash_environment()}
+    return _Job(runner, batch_size, on_error, progress, refresh, bits, seed, fit, model_fp, transform_id, source,
+                type(ds).__name__, path, expect)
+
+
+def _look_up(job: _Job) -> _Embedded | None:
+    """The sidecar's embeddings when it is current and intact (and not ``refresh``), else None.
+
+    Raises:
+        ImageDecodeError: the sidecar records a failure and ``on_error="raise"``.
+    """
+    cached = None if job.path is None or job.refresh else _read_cache(job.path, job.expect)
+    if cached is None:
+        return None
+    emb, valid, failures, stored_fit, stored = cached
+    if failures and job.on_error == "raise":
+        i, src, why = failures[0]
+        raise ImageDecodeError(src, f"{why} (recorded in sidecar {job.path})", i)
+    return _Embedded(emb, valid, list(failures), stored_fit, stored.get("created"), True)
+
+
+def _checked(job: _Job, found: _Embedded) -> _Embedded:
+    """``found`` checked against ``fit=``; with ``fit=`` and nothing embedded, zero rows of the fit's width."""
+    fit = job.fit
+    if fit is not None and found.valid.any() and found.emb.shape[1] != fit.dims:
+        raise ValueError(f"fit= is for {fit.dims}-dimensional embeddings but embed= gives {found.emb.shape[1]}; "
+                         f"pass the fit made with this model")
+    if fit is not None and not found.valid.any():
+        found.emb = np.zeros((job.source.n, fit.dims), dtype=np.float32)
+    return found
+
+
+def _code(job: _Job, found: _Embedded) -> tuple[np.ndarray, EmbeddingFit, Path | None]:
+    """Fit (or reuse the stored fit), rewrite the sidecar when it changed, code: ``(codes, fit used, sidecar)``.
+
+    Raises:
+        EmptyDedupError: nothing was embedded and no ``fit=`` was given.
+    """
+    emb, valid = found.emb, found.valid
+    # The fit of this dataset itself is stored with its embeddings (it costs a mean and a seeded draw):
+    # reused when it has the settings asked for, made again (and the file rewritten) when not.
+    own = found.stored_fit
+    if valid.any() and (own is None or (job.fit is None and (own.bits, own.seed) != (job.bits, job.seed))):
+        own = fit_embeddings(emb[valid], bits=job.bits, seed=job.seed, model_fingerprint=job.model_fp)
+    use = job.fit if job.fit is not None else own
+    if use is None:
+        failures, source = found.failures, job.source
+        first = f" The first failure, {failures[0][1]}: {failures[0][2]}." if failures else ""
+        raise EmptyDedupError(f"{source.description}: no item was embedded ({source.n} items, {len(failures)} "
+                              f"failed), so there is nothing to fit the hyperplanes on.{first}")
+    written = job.path if found.cached else None
+    if job.path is not None and (not found.cached or own is not found.stored_fit):
+        written = _write_cache(job.path, emb, valid, found.failures, own,
+                               {**job.expect, "dims": int(emb.shape[1]), "source": job.source.description,
+                                "n_failures": len(found.failures),
+                                "versions": {**library_versions(), "torch": torch.__version__}})
+    codes = _zero_codes(job.source.n, job.bits)
+    if valid.any():
+        codes[valid] = use.codes(emb[valid])
+    return codes, use, written
+
+
+def _result(job: _Job, found: _Embedded, codes: np.ndarray, use: EmbeddingFit, written: Path | None) -> EmbeddingHashes:
+    bits, source = job.bits, job.source
+    side = math.isqrt(bits)
+    meta = {"method": "embed", "hash_size": side if side * side == bits else None, "bits": bits, "decode": "exact",
+            "embed_version": EMBED_VERSION, "model_fingerprint": job.model_fp, "fit_fingerprint": use.fingerprint,
+            "fit_seed": use.seed, "transform": job.transform_id or "user (not fingerprinted)",
+            "dims": int(found.emb.shape[1]), "fingerprint": source.fingerprint, "source": source.description,
+            "dataset": job.dataset, "n": source.n, "versions": {**library_versions(), "torch": torch.__version__},
+            "sidecar": None if written is None else str(written), "created": found.created}
+    return EmbeddingHashes(codes, found.valid, tuple(found.failures), source.labels, source.fingerprint, meta,
+                           written, found.cached, embeddings=found.emb, fit=use)
 
 
 def embed_dataset(ds, embed, *, transform: Callable | None = None, device: str | torch.device = "cpu",
@@ -787,6 +719,7 @@ def embed_dataset(ds, embed, *, transform: Callable | None = None, device: str |
     (``embed-<digest>.tdhash``, where hash sidecars go: :func:`~torch_dedup.sidecar.sidecar_file`)
     keyed on the data's fingerprint, :func:`model_fingerprint` and the transform; a stale or
     corrupt one logs a WARNING and is recomputed. A ``Subset`` is cached as its own dataset.
+    Under ``torch.distributed``, :func:`embed_dataset_distributed` embeds each item once in the group.
 
     Args:
         ds: the dataset (as for :func:`~torch_dedup.dataset_hashes.hash_dataset`).
@@ -830,77 +763,123 @@ def embed_dataset(ds, embed, *, transform: Callable | None = None, device: str |
         >>> tr = embed_dataset(train, net, bits=256)  # doctest: +SKIP
         >>> te = embed_dataset(test, net, fit=tr.fit)  # doctest: +SKIP
     """
-    runner = _Runner(embed, transform, device)
-    batch_size = check_int("batch_size", batch_size, 1)
-    on_error = check_on_error(on_error)
-    check_bool("progress", progress)
-    check_bool("refresh", refresh)
-    if fit is not None and not isinstance(fit, EmbeddingFit):
-        raise TypeError(f"fit={fit!r:.80} must be an EmbeddingFit (e.g. embed_dataset(train, ...).fit) or None")
-    bits, seed = (fit.bits, fit.seed) if fit is not None else (_check_bits(bits), check_int("seed", seed, 0, 2**63 - 1))
-    if cache_dir is not None and not isinstance(cache_dir, (bool, str, os.PathLike)):
-        raise ValueError(f"cache_dir={cache_dir!r} must be a folder, None (automatic) or False (no cache)")
-    model_fp = model_fingerprint(embed, embed_fingerprint)
-    if fit is not None and fit.model_fingerprint != model_fp:
-        raise ValueError(f"fit= was made for model {fit.model_fingerprint or 'unknown'!r} but embed= is "
-                         f"{model_fp!r}: codes of different models (or weights, or embed_fingerprint=) are not "
-                         f"comparable. Embed both sets with the same embed= and embed_fingerprint=")
-    transform_id = _DEFAULT_TRANSFORM if transform is None else ("user" if embed_fingerprint is not None else None)
-    source = source_of(ds, image_fn, fingerprint=fingerprint)
-    path = None
-    if cache_dir is not False:
-        if source.fingerprint is None:
-            logger.info("%s has no cheap content fingerprint; its embeddings are not cached. Pass fingerprint='...' "
-                        "(a string that changes when the data does) to cache them.", source.description)
-        elif transform_id is None:
-            logger.info("transform= cannot be fingerprinted, so the embeddings of %s are not cached. Pass "
-                        "embed_fingerprint='...' (a string that changes whenever the transform or model does) to "
-                        "cache them.", source.description)
-        else:
-            path = sidecar_file(_cache_name(source.fingerprint, model_fp, transform_id), source.root,
-                                None if cache_dir is True else cache_dir, class_folders=source.class_folders)
-    expect = {"embed_version": EMBED_VERSION, "fingerprint": source.fingerprint, "model_fingerprint": model_fp,
-              "transform": transform_id, "count": source.n, "hash_env": hash_environment()}
-    cached = None if path is None or refresh else _read_cache(path, expect)
-    if cached is not None:
-        emb, valid, failures, stored_fit, stored = cached
-        created = stored.get("created")
-        if failures and on_error == "raise":
-            i, src, why = failures[0]
-            raise ImageDecodeError(src, f"{why} (recorded in sidecar {path})", i)
-    else:
-        emb, valid, failures = _embed_source(source, runner, batch_size, on_error, progress)
-        stored_fit, created = None, None
-    if fit is not None and valid.any() and emb.shape[1] != fit.dims:
-        raise ValueError(f"fit= is for {fit.dims}-dimensional embeddings but embed= gives {emb.shape[1]}; pass the "
-                         f"fit made with this model")
-    if fit is not None and not valid.any():
-        emb = np.zeros((source.n, fit.dims), dtype=np.float32)
-    # The fit of this dataset itself is stored with its embeddings (it costs a mean and a seeded draw):
-    # reused when it has the settings asked for, made again (and the file rewritten) when not.
-    own = stored_fit
-    if valid.any() and (own is None or (fit is None and (own.bits, own.seed) != (bits, seed))):
-        own = fit_embeddings(emb[valid], bits=bits, seed=seed, model_fingerprint=model_fp)
-    use = fit if fit is not None else own
-    if use is None:
-        first = f" The first failure, {failures[0][1]}: {failures[0][2]}." if failures else ""
-        raise EmptyDedupError(f"{source.description}: no item was embedded ({source.n} items, {len(failures)} "
-                              f"failed), so there is nothing to fit the hyperplanes on.{first}")
-    written = path if cached is not None else None
-    if path is not None and (cached is None or own is not stored_fit):
-        written = _write_cache(path, emb, valid, failures, own,
-                               {**expect, "dims": int(emb.shape[1]), "source": source.description,
-                                "n_failures": len(failures), "versions": {**library_versions(),
-                                                                           "torch": torch.__version__}})
-    codes = _zero_codes(source.n, bits)
-    if valid.any():
-        codes[valid] = use.codes(emb[valid])
-    side = math.isqrt(bits)
-    meta = {"method": "embed", "hash_size": side if side * side == bits else None, "bits": bits, "decode": "exact", "embed_version": EMBED_VERSION,
-            "model_fingerprint": model_fp, "fit_fingerprint": use.fingerprint, "fit_seed": use.seed,
-            "transform": transform_id or "user (not fingerprinted)", "dims": int(emb.shape[1]),
-            "fingerprint": source.fingerprint, "source": source.description, "dataset": type(ds).__name__,
-            "n": source.n, "versions": {**library_versions(), "torch": torch.__version__},
-            "sidecar": None if written is None else str(written), "created": created}
-    return EmbeddingHashes(codes, valid, tuple(failures), source.labels, source.fingerprint, meta, written,
-                           cached is not None, embeddings=emb, fit=use)
+    job = _prepare(ds, embed, transform=transform, device=device, batch_size=batch_size, bits=bits, seed=seed, fit=fit,
+                   image_fn=image_fn, fingerprint=fingerprint, embed_fingerprint=embed_fingerprint,
+                   cache_dir=cache_dir, on_error=on_error, progress=progress, refresh=refresh)
+    found = _look_up(job)
+    if found is None:
+        found = _Embedded(*_embed_range(job.source, job.runner, 0, job.source.n, job.batch_size, job.on_error,
+                                        job.progress))
+    found = _checked(job, found)
+    return _result(job, found, *_code(job, found))
+
+
+# --------------------------------------------------------------------------- under torch.distributed
+
+
+def _all_gather(obj, group) -> list:
+    out: list = [None] * dist.get_world_size(group)
+    dist.all_gather_object(out, obj, group=group)
+    return out
+
+
+def _joined(parts: list, n: int) -> _Embedded:
+    """The ranks' slices as one dataset's embeddings (a slice with nothing embedded has no width yet)."""
+    widths = {p[0].shape[1] for p in parts if p[1].any()}
+    if len(widths) > 1:
+        raise ValueError(f"embed returned rows of different lengths on different ranks ({sorted(widths)}): images "
+                         f"of different sizes reach a model without global pooling; pass transform= with a Resize "
+                         f"so that every image has one size")
+    dims = widths.pop() if widths else 0
+    emb = np.zeros((n, dims), dtype=np.float32)
+    valid = np.zeros(n, dtype=bool)
+    at = 0
+    for rows, ok, _ in parts:
+        if ok.any():
+            emb[at:at + len(ok)] = rows
+        valid[at:at + len(ok)] = ok
+        at += len(ok)
+    return _Embedded(emb, valid, sorted(f for p in parts for f in p[2]))
+
+
+def embed_dataset_distributed(ds, embed, *, group=None, transform: Callable | None = None,
+                              device: str | torch.device = "cpu", batch_size: int = 64, bits: int = DEFAULT_BITS,
+                              seed: int = 0, fit: EmbeddingFit | None = None,
+                              image_fn: Callable[[int], Any] | None = None, fingerprint: str | None = None,
+                              embed_fingerprint: str | None = None,
+                              cache_dir: str | os.PathLike | None | bool = None, on_error: str = "raise",
+                              progress: bool = True, refresh: bool = False) -> EmbeddingHashes:
+    """:func:`embed_dataset` for a process group: each item embedded once in the group, the same codes on every rank.
+
+    A collective: every rank of ``group`` calls it with the same dataset, the same model
+    (same weights: build it after ``torch.manual_seed`` or load one checkpoint) and the same
+    arguments; ``device`` may differ per rank (``f"cuda:{local_rank}"``). When every rank can
+    read the current sidecar, each does. Otherwise rank ``r`` embeds its contiguous share of
+    the one-process run's batches (items ``[r*B//W*batch_size, (r+1)*B//W*batch_size)`` of
+    ``B = ceil(N / batch_size)`` batches, so every batch is the one a single process would run),
+    the embeddings are all-gathered, rank 0 fits (or applies ``fit=``), writes the sidecar and
+    codes, sends the fit and the codes to every rank, and all wait at a barrier. Every rank
+    gets the same result, bit for bit; with the same software, kind of device and thread count
+    it equals :func:`embed_dataset`'s in one process.
+    A failure on any rank (an unreadable image with ``on_error="raise"``, a model that raises)
+    is raised on every rank, as :func:`~torch_dedup.distributed_hashing.agree` does.
+
+    Args:
+        ds, embed, transform, device, batch_size, bits, seed, fit, image_fn, fingerprint,
+        embed_fingerprint, cache_dir, on_error, refresh: as in :func:`embed_dataset`.
+        progress: tqdm bar on rank 0 while embedding.
+        group: the process group (``None``: the default group).
+
+    Returns:
+        An :class:`EmbeddingHashes`, identical on every rank (``embeddings`` included: every
+        rank holds all N rows).
+
+    Raises:
+        RuntimeError: ``torch.distributed`` is not initialised.
+        DedupError: ranks see different data (length, fingerprint), models (weights) or ``fit=``.
+        As :func:`embed_dataset`, on every rank.
+
+    Example:
+        >>> dist.init_process_group("gloo")  # doctest: +SKIP
+        >>> torch.manual_seed(0); net = build_model()  # doctest: +SKIP
+        >>> h = embed_dataset_distributed(train, net, device=f"cuda:{local_rank}")  # doctest: +SKIP
+    """
+    if not (dist.is_available() and dist.is_initialized()):
+        raise RuntimeError("embed_dataset_distributed needs torch.distributed initialised (dist.init_process_group); "
+                           "use torch_dedup.embedding.embed_dataset in one process")
+    world, rank = dist.get_world_size(group), dist.get_rank(group)
+    job = agree(lambda: _prepare(ds, embed, transform=transform, device=device, batch_size=batch_size, bits=bits,
+                                 seed=seed, fit=fit, image_fn=image_fn, fingerprint=fingerprint,
+                                 embed_fingerprint=embed_fingerprint, cache_dir=cache_dir, on_error=on_error,
+                                 progress=progress, refresh=refresh),
+                "checking embed_dataset's arguments", group)
+    found = agree(lambda: _look_up(job), "reading the embedding sidecar", group)
+    # the shares, the fit and the codes assume one dataset, one model and one set of settings
+    ident = (job.source.n, job.source.fingerprint, job.model_fp, None if job.fit is None else job.fit.fingerprint,
+             job.batch_size, job.bits, job.seed, job.on_error)
+    seen = _all_gather((ident, found is not None), group)
+    if len({s[0] for s in seen}) != 1:
+        raise DedupError(f"ranks see different data, models or settings (length, data fingerprint, model "
+                         f"fingerprint, fit fingerprint, batch_size, bits, seed, on_error) per rank: "
+                         f"{[s[0] for s in seen]}; every rank must pass the same data, the same weights "
+                         f"(torch.manual_seed before building the model, or one checkpoint) and the same arguments")
+    if not all(s[1] for s in seen):
+        start, stop = _batch_slice(job.source.n, job.batch_size, rank, world)
+        part = agree(lambda: _embed_range(job.source, job.runner, start, stop, job.batch_size, job.on_error,
+                                          job.progress and rank == 0), "embedding", group)
+        found = _joined(_all_gather(part, group), job.source.n)
+    found = agree(lambda: _checked(job, found), "checking the embeddings", group)
+    # Rank 0 alone fits, writes and codes; the others take its fit and codes as they are, so every
+    # rank holds the very same bits whatever its CPU's float rounding.
+    done = agree(lambda: _code(job, found) if rank == 0 else None, "fitting and coding the embeddings", group)
+    box = [None]
+    if rank == 0:
+        codes, use, written = done
+        box = [(codes, use.to_arrays(), None if written is None else str(written))]
+    dist.broadcast_object_list(box, src=dist.get_global_rank(group, 0) if group is not None else 0, group=group)
+    dist.barrier(group=group)
+    if rank == 0:
+        return _result(job, found, *done)
+    codes, (arrays, fit_meta), written = box[0]
+    use = job.fit if job.fit is not None else EmbeddingFit.from_arrays(arrays, fit_meta)
+    return _result(job, found, codes, use, None if written is None else Path(written))

@@ -56,7 +56,8 @@ class DedupOptions:
             random-hyperplane codes of ``hash_size**2`` bits fitted on the dataset (``against=``
             sets are coded with the same fit), cached under the model's weights fingerprint.
             ``threshold`` then stands for a cosine (``cos(pi * t / bits)``; see
-            ``threshold_for_cosine``). Leave ``method`` at its default. One process only.
+            ``threshold_for_cosine``). Leave ``method`` at its default. Under DDP each rank
+            embeds a share and every rank gets the same codes.
         embed_transform: ``transform(pil_image) -> CHW tensor`` for ``embed`` (default: RGB
             in [0, 1]); give ``embed_fingerprint`` with it to cache the embeddings.
         embed_device: where ``embed`` runs (``"cpu"``, ``"cuda"``, ...); the model is not moved.

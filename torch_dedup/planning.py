@@ -29,7 +29,7 @@ import numpy as np
 
 from .dataset_fits import with_fit
 from .dataset_hashes import DatasetHashes, hash_dataset_with
-from .embedding import embed_dataset
+from .embedding import embed_dataset, embed_dataset_distributed
 from .errors import EmptyDedupError
 from .hamming.cluster import DEFAULT_MEMORY_LIMIT, find_duplicates
 from .options import DedupOptions, option_names
@@ -145,8 +145,8 @@ def plan_with(ds, options: DedupOptions, *, distributed: bool | str = "auto", gr
         labels = check_labels(labels, len(ds), options.per_class, type(ds).__name__)
     if options.embed is not None:
         # the user's model: embedded here, and the against= sets coded with this dataset's fit
-        dh = _embedded(ds, options, collective)
-        hasher = lambda other_ds, other: _embedded(other_ds, other, collective, fit=dh.fit)  # noqa: E731
+        dh = _embedded(ds, options, collective, group)
+        hasher = lambda other_ds, other: _embedded(other_ds, other, collective, group, fit=dh.fit)  # noqa: E731
     else:
         # A fitted method's fit is made once, on this dataset, before anything is hashed: the
         # dataset and its against= sets are then coded in the same space.
@@ -177,18 +177,15 @@ def plan_with(ds, options: DedupOptions, *, distributed: bool | str = "auto", gr
     return plan
 
 
-def _embedded(ds, options: DedupOptions, collective: bool, fit=None) -> DatasetHashes:
-    """``ds`` coded through ``options.embed`` (:func:`torch_dedup.embedding.embed_dataset`)."""
+def _embedded(ds, options: DedupOptions, collective: bool, group=None, fit=None) -> DatasetHashes:
+    """``ds`` coded through ``options.embed``: in this process, or once across the group (a collective)."""
+    kwargs = dict(transform=options.embed_transform, device=options.embed_device, bits=options.bits, fit=fit,
+                  image_fn=options.image_fn, fingerprint=options.fingerprint,
+                  embed_fingerprint=options.embed_fingerprint, cache_dir=options.cache_dir,
+                  on_error=options.on_error, progress=options.progress, refresh=options.refresh)
     if collective:
-        raise ValueError(
-            "embed= runs in one process, and torch.distributed runs several here: plan once with "
-            "plan_dataset(ds, embed=..., distributed=False) on every rank (each embeds the whole dataset; the "
-            "same model on the same device gives the same plan) or on rank 0 and share the saved plan "
-            "(DedupPlan.save, then DedupSampler(ds, plan=path)); the other methods hash once across the ranks.")
-    return embed_dataset(ds, options.embed, transform=options.embed_transform, device=options.embed_device,
-                         bits=options.bits, fit=fit, image_fn=options.image_fn, fingerprint=options.fingerprint,
-                         embed_fingerprint=options.embed_fingerprint, cache_dir=options.cache_dir,
-                         on_error=options.on_error, progress=options.progress, refresh=options.refresh)
+        return embed_dataset_distributed(ds, options.embed, group=group, **kwargs)
+    return embed_dataset(ds, options.embed, **kwargs)
 
 
 def _code_space(dh: DatasetHashes) -> tuple:
