@@ -50,9 +50,11 @@ LAYERS: dict[str, int] = {
     "options.py": 2,
     "hamming/search.py": 2,
     "hamming/cluster.py": 2,
+    "hamming/sweep.py": 2,
     "hamming/streaming.py": 2,
     "hamming/block_index.py": 2,
     "hamming/_search_io.py": 2,
+    "hamming/_key_graph.py": 2,
     "hamming/__init__.py": 2,
     # 3: datasets -> images, hashes, plans (torch only where needed)
     "sources.py": 3,

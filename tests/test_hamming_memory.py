@@ -16,8 +16,10 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+import torch_dedup.hamming._key_graph as key_graph
 import torch_dedup.hamming.cluster as cluster
 import torch_dedup.hamming.streaming as streaming
+import torch_dedup.hamming.sweep as sweep
 from test_cluster import assert_matches_naive, cases, check_invariants, clustered, naive
 from torch_dedup.hamming.cluster import find_duplicates, sweep_thresholds, sweep_thresholds_by_class
 
@@ -30,7 +32,8 @@ def pair_cap(monkeypatch):
     """Set the most distinct-value pairs a decision may hold at ``memory_limit=LIMIT`` (0: stream everything)."""
 
     def set_cap(pairs: int) -> None:
-        monkeypatch.setattr(cluster, "_PAIR_BYTES", LIMIT // pairs if pairs else 2 * LIMIT)
+        for mod in (key_graph, cluster, sweep):  # each binds _PAIR_BYTES: the key graph, the decision, the sweep
+            monkeypatch.setattr(mod, "_PAIR_BYTES", LIMIT // pairs if pairs else 2 * LIMIT)
 
     return set_cap
 
@@ -112,14 +115,14 @@ def test_adversarial_one_centre_many_kept_neighbours(pair_cap):
 
 def test_held_pairs_never_exceed_the_cap(pair_cap, monkeypatch):
     held = []
-    real = cluster._collect_pairs
+    real = key_graph._collect_pairs
 
     def spy(rows, t, cap, cls, workers, **kw):
         out = real(rows, t, cap, cls, workers, **kw)
         held.append((len(out[0]), cap))
         return out
 
-    monkeypatch.setattr(cluster, "_collect_pairs", spy)
+    monkeypatch.setattr(key_graph, "_collect_pairs", spy)  # the key graph's held pairs
     monkeypatch.setattr(streaming, "_collect_pairs", spy)  # the streamed windows' own calls
     rng = np.random.default_rng(0)
     h = rng.integers(0, 2**64, 600, dtype=np.uint64)
@@ -143,8 +146,9 @@ def test_label_conflicts_refused_above_the_limit_with_estimate_and_fix():
 @pytest.mark.parametrize("streamed", [False, True])
 def test_output_caps_hold_even_when_the_sample_misses(monkeypatch, pair_cap, streamed):
     # tight clusters the sample does not see: the exact count still refuses, never a silent blow-up
-    monkeypatch.setattr(cluster, "_pair_fraction", lambda *a, **k: 0.0)
-    monkeypatch.setattr(cluster, "_OUT_PAIR_BYTES", LIMIT // 10)
+    for mod in (key_graph, cluster):  # the leak search sits in the key graph, the conflicts in cluster
+        monkeypatch.setattr(mod, "_pair_fraction", lambda *a, **k: 0.0)
+        monkeypatch.setattr(mod, "_OUT_PAIR_BYTES", LIMIT // 10)
     if streamed:
         pair_cap(0)
     h = np.arange(40, dtype=np.uint64) << np.uint64(3)

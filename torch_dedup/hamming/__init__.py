@@ -1,6 +1,6 @@
 """The Hamming engine: exact near-duplicate search (layer 1-2) and clustering into a DedupPlan."""
 
-from .cluster import ClassSweep, find_duplicates, keep_from_pairs, sweep_thresholds, sweep_thresholds_by_class
+from .cluster import find_duplicates, keep_from_pairs
 from .search import (
     BlockTable,
     HammingPairs,
@@ -13,6 +13,7 @@ from .search import (
     unique_hashes,
     unique_pairs,
 )
+from .sweep import ClassSweep, sweep_thresholds, sweep_thresholds_by_class
 
 __all__ = [
     "BlockTable",
