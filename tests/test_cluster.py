@@ -8,12 +8,15 @@ import numpy as np
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
+from naive import distance_matrix, popcount
 
 import torch_dedup.hamming._key_graph as key_graph
-import torch_dedup.hamming.cluster as cluster
-import torch_dedup.hamming.sweep as sweep
-from naive import distance_matrix, popcount
-from torch_dedup.hamming.cluster import find_duplicates, keep_from_pairs, sweep_thresholds, sweep_thresholds_by_class
+from torch_dedup.hamming.cluster import (
+    find_duplicates,
+    keep_from_pairs,
+    sweep_thresholds,
+    sweep_thresholds_by_class,
+)
 from torch_dedup.plan import DedupPlan
 
 # ----------------------------------------------------------------------------- naive reference
@@ -216,16 +219,13 @@ def naive_pair_histogram(h, top, labels=None, per_class=False, valid=None, **_):
 def test_sweep_pairs_equal_brute_force_held_and_streamed(case, top, stream):
     h, t, kw = case
     memory_limit = 1 << 20 if stream else None
-    homes = (key_graph, cluster, sweep)  # each binds _PAIR_BYTES: the key graph, the decision, the sweep
-    saved = [mod._PAIR_BYTES for mod in homes]
+    saved = key_graph._PAIR_BYTES  # read there by the key graph, the decision and the sweep
     try:
         if stream:  # no pair fits: the decision and the pair counts stream
-            for mod in homes:
-                mod._PAIR_BYTES = 1 << 40
+            key_graph._PAIR_BYTES = 1 << 40
         plan = find_duplicates(h, t, sweep_max=top, memory_limit=memory_limit, **kw)
     finally:
-        for mod, value in zip(homes, saved):
-            mod._PAIR_BYTES = value
+        key_graph._PAIR_BYTES = saved
     want = naive_pair_histogram(h, top, **kw)
     assert plan.sweep_pairs.dtype == np.int64 and plan.sweep_pairs.tolist() == want
     assert plan.sweep_pairs_within.tolist() == np.cumsum(want).tolist()

@@ -15,13 +15,16 @@ import numpy as np
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
+from test_cluster import assert_matches_naive, cases, check_invariants, clustered, naive
 
 import torch_dedup.hamming._key_graph as key_graph
 import torch_dedup.hamming.cluster as cluster
 import torch_dedup.hamming.streaming as streaming
-import torch_dedup.hamming.sweep as sweep
-from test_cluster import assert_matches_naive, cases, check_invariants, clustered, naive
-from torch_dedup.hamming.cluster import find_duplicates, sweep_thresholds, sweep_thresholds_by_class
+from torch_dedup.hamming.cluster import (
+    find_duplicates,
+    sweep_thresholds,
+    sweep_thresholds_by_class,
+)
 
 MIB = 1 << 20
 LIMIT = 64 * MIB  # memory_limit of the streamed runs: outputs fit, the decision's pairs do not (pair_cap)
@@ -32,8 +35,8 @@ def pair_cap(monkeypatch):
     """Set the most distinct-value pairs a decision may hold at ``memory_limit=LIMIT`` (0: stream everything)."""
 
     def set_cap(pairs: int) -> None:
-        for mod in (key_graph, cluster, sweep):  # each binds _PAIR_BYTES: the key graph, the decision, the sweep
-            monkeypatch.setattr(mod, "_PAIR_BYTES", LIMIT // pairs if pairs else 2 * LIMIT)
+        # read there by the key graph, the decision and the sweep
+        monkeypatch.setattr(key_graph, "_PAIR_BYTES", LIMIT // pairs if pairs else 2 * LIMIT)
 
     return set_cap
 
@@ -140,7 +143,7 @@ def test_label_conflicts_refused_above_the_limit_with_estimate_and_fix():
                                          r"memory_limit=1,048,576.*Lower the threshold.*hash_size.*memory_limit=None"):
         find_duplicates(h, 32, labels=labels, memory_limit=MIB)
     plan = find_duplicates(h, 32, labels=labels, memory_limit=None)  # the explicit way past the cap
-    assert len(plan.label_conflicts) > MIB // cluster._OUT_PAIR_BYTES
+    assert len(plan.label_conflicts) > MIB // key_graph._OUT_PAIR_BYTES
 
 
 @pytest.mark.parametrize("streamed", [False, True])
@@ -148,7 +151,7 @@ def test_output_caps_hold_even_when_the_sample_misses(monkeypatch, pair_cap, str
     # tight clusters the sample does not see: the exact count still refuses, never a silent blow-up
     for mod in (key_graph, cluster):  # the leak search sits in the key graph, the conflicts in cluster
         monkeypatch.setattr(mod, "_pair_fraction", lambda *a, **k: 0.0)
-        monkeypatch.setattr(mod, "_OUT_PAIR_BYTES", LIMIT // 10)
+    monkeypatch.setattr(key_graph, "_OUT_PAIR_BYTES", LIMIT // 10)  # read there by both
     if streamed:
         pair_cap(0)
     h = np.arange(40, dtype=np.uint64) << np.uint64(3)

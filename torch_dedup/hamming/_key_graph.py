@@ -32,7 +32,8 @@ _NEVER = np.int64(1) << np.int64(40)  # exclusion level of a key that never leak
 #: Default ``memory_limit``: the bytes of pairs a decision may hold at once.
 DEFAULT_MEMORY_LIMIT = 1 << 30
 #: Peak bytes per distinct-value pair while all of them are held (search parts, sort,
-#: CSR); benchmarks/bench_memory.py measures it.
+#: CSR); benchmarks/bench_memory.py measures it. cluster and sweep read both constants as
+#: ``_key_graph._PAIR_BYTES`` (never a copy), so there is one value to tune or patch.
 _PAIR_BYTES = 64
 #: Bytes per output pair (label conflicts, leak pairs): the int64 rows plus their sort.
 _OUT_PAIR_BYTES = 64

@@ -20,10 +20,9 @@ import numpy as np
 from .._checks import check_bool, check_choice
 from ..plan import POLICIES, DedupPlan
 from . import _cluster_kernels as _k
+from . import _key_graph
 from ._key_graph import (
     _NEVER,
-    _OUT_PAIR_BYTES,
-    _PAIR_BYTES,
     DEFAULT_MEMORY_LIMIT,
     _check_memory_limit,
     _Graph,
@@ -37,7 +36,13 @@ from ._key_graph import (
 from ._search_io import _check_workers, _distance_dtype
 from .search import _pair_fraction, _stream_distinct, popcount64
 from .streaming import _components_streamed, _greedy_streamed, _PairLimit
-from .sweep import ClassSweep, _pair_counts, _sweep_counts, sweep_thresholds, sweep_thresholds_by_class
+from .sweep import (
+    ClassSweep,
+    _pair_counts,
+    _sweep_counts,
+    sweep_thresholds,
+    sweep_thresholds_by_class,
+)
 
 __all__ = ["ClassSweep", "find_duplicates", "keep_from_pairs", "sweep_thresholds", "sweep_thresholds_by_class"]
 
@@ -53,7 +58,7 @@ def _label_conflicts(g: _Graph, threshold: int, n: int, bits: int, memory_limit:
     They are output, so they cannot stream: above ``memory_limit`` (estimated from a
     sample of the groups first, then counted exactly) a ValueError says how many and what to do.
     """
-    cap = np.iinfo(np.int64).max if memory_limit is None else memory_limit // _OUT_PAIR_BYTES
+    cap = np.iinfo(np.int64).max if memory_limit is None else memory_limit // _key_graph._OUT_PAIR_BYTES
     g_value, g_class, g_first, _ = g.vc_groups               # sorted by value, then class
     if memory_limit is not None and len(g_value) > 1:
         # conflicts are pairs of (value, class) groups with different classes: sample those
@@ -122,7 +127,7 @@ def _leak_pairs(g: _Graph, threshold: int, bits: int, memory_limit: int | None) 
     size_b = start_b[pb + 1] - start_b[pb]
     count = size_a * size_b
     total = int(count.sum())
-    if memory_limit is not None and total > memory_limit // _OUT_PAIR_BYTES:
+    if memory_limit is not None and total > memory_limit // _key_graph._OUT_PAIR_BYTES:
         _refuse("leak pairs (leak_pairs=True)", total, True, threshold, bits, memory_limit)
     pid = np.repeat(np.arange(len(pu)), count)           # value pair of each output row
     offset = np.arange(len(pid), dtype=np.int64) - np.repeat(np.cumsum(count) - count, count)
@@ -141,7 +146,7 @@ def _decide(g: _Graph, policy: str, t: int, excluded: np.ndarray, memory_limit: 
     workers = _check_workers(workers)
     cls = g.key_class if g.per_class else None
     if policy == "greedy":
-        return _greedy_streamed(g.key_rows, cls, excluded, t, memory_limit // _PAIR_BYTES, workers)
+        return _greedy_streamed(g.key_rows, cls, excluded, t, memory_limit // _key_graph._PAIR_BYTES, workers)
     excl = np.where(excluded, np.int64(-1), _NEVER)  # excluded at every level here
     parents = _components_streamed(g.key_rows, cls, excl, np.array([t]), workers)
     return _k.component_leaders(parents[0], excl, t)

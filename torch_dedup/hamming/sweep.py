@@ -13,8 +13,8 @@ from typing import NamedTuple
 import numpy as np
 
 from . import _cluster_kernels as _k
+from . import _key_graph
 from ._key_graph import (
-    _PAIR_BYTES,
     DEFAULT_MEMORY_LIMIT,
     _check_memory_limit,
     _Graph,
@@ -41,7 +41,8 @@ def _sweep_counts(g: _Graph, policy: str, max_t: int, memory_limit: int | None) 
     out = np.zeros((max_t + 1, g.n_classes), np.int64)
     if policy == "greedy":  # one streamed greedy per level (kept sets are not monotone in t)
         for s in range(max_t + 1):
-            kept = _greedy_streamed(g.key_rows, cls, g.excl_level <= s, s, memory_limit // _PAIR_BYTES, workers)[0]
+            cap = memory_limit // _key_graph._PAIR_BYTES
+            kept = _greedy_streamed(g.key_rows, cls, g.excl_level <= s, s, cap, workers)[0]
             out[s] = np.bincount(g.key_class[kept], minlength=g.n_classes)
         return out
     levels = np.arange(max_t + 1, dtype=np.int64)
