@@ -63,6 +63,7 @@ LAYERS: dict[str, int] = {
     "dataset_hashes.py": 3,
     "dataset_fits.py": 3,
     "embedding.py": 3,
+    "fused_hashes.py": 3,
     "model_embeddings.py": 3,
     "distributed_hashing.py": 3,
     "planning.py": 3,

@@ -107,6 +107,12 @@ def _rank(rank: int, out: str, init: str) -> None:
                             progress=False)
         np.save(out_p / f"plan_keep_{rank}.npy", plan.keep)
         np.save(out_p / f"plan_leaked_{rank}.npy", plan.leaked)
+        # fuse=True: the colour_dct fit made on rank 0, the embedding once across the ranks, one fusion
+        fused = plan_dataset(train, embed=net, fuse=True, embed_bits=BITS, method="colour_dct", hash_size=16,
+                             threshold=60, against=test, cache_dir=False, progress=False)
+        np.save(out_p / f"fused_keep_{rank}.npy", fused.keep)
+        np.save(out_p / f"fused_leaked_{rank}.npy", fused.leaked)
+        report["fused"] = [fused.provenance["fit"], fused.provenance["fusion"]]
     except Exception:  # noqa: BLE001 - the test reads the traceback
         report["error"] = traceback.format_exc()
     finally:
@@ -142,6 +148,12 @@ def test_two_ranks_give_the_one_process_codes_share_the_cache_and_raise_together
     for r in range(len(reports)):
         np.testing.assert_array_equal(np.load(tmp_path / f"plan_keep_{r}.npy"), one_plan.keep)
         np.testing.assert_array_equal(np.load(tmp_path / f"plan_leaked_{r}.npy"), one_plan.leaked)
+    one_fused = plan_dataset(train, embed=net, fuse=True, embed_bits=BITS, method="colour_dct", hash_size=16,
+                             threshold=60, against=test, cache_dir=False, progress=False, distributed=False)
+    for r, rep in enumerate(reports):
+        np.testing.assert_array_equal(np.load(tmp_path / f"fused_keep_{r}.npy"), one_fused.keep)
+        np.testing.assert_array_equal(np.load(tmp_path / f"fused_leaked_{r}.npy"), one_fused.leaked)
+        assert rep["fused"] == [one_fused.provenance["fit"], one_fused.provenance["fusion"]]
     assert len(list((tmp_path / "cache").rglob("embed-*"))) == 1
 
 

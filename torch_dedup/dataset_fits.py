@@ -30,7 +30,7 @@ from pathlib import Path
 
 import numpy as np
 
-from ._checks import FITTED_METHODS
+from ._checks import FITTED_METHODS, method_bits
 from ._store import read_store, write_store
 from .errors import DedupError, StoreError
 from .hashing import read_colour_dct_features
@@ -107,8 +107,9 @@ def load_fit(path: Path | None, source: ImageSource, options: DedupOptions) -> C
         reason = exc.reason if isinstance(exc, StoreError) else f"{type(exc).__name__}: {exc}"
         logger.warning("ignoring fit file %s: %s; the fit will be made again", path, reason)
         return None
-    if fit.bits != options.bits:
-        logger.warning("ignoring fit file %s: it makes %d-bit codes, %d wanted", path, fit.bits, options.bits)
+    want = method_bits(options.method, options.hash_size)
+    if fit.bits != want:
+        logger.warning("ignoring fit file %s: it makes %d-bit codes, %d wanted", path, fit.bits, want)
         return None
     return fit
 
@@ -185,7 +186,7 @@ def dataset_fit(ds, options: DedupOptions) -> ColourDctFit:
     if n_read < len(idx):
         logger.info("fit sample of %s: %d of %d sampled items could not be read and were left out of the fit",
                     source.description, len(idx) - n_read, len(idx))
-    fit = fit_colour_dct(feats[valid], bits=options.bits, seed=FIT_SEED)
+    fit = fit_colour_dct(feats[valid], bits=method_bits(options.method, options.hash_size), seed=FIT_SEED)
     written = _store_fit(path, fit, source, options, n_read)
     logger.debug("fitted %s on %d items of %s (fingerprint %s), stored in %s", options.method, n_read,
                  source.description, fit.fingerprint, written)

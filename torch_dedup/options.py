@@ -31,6 +31,8 @@ from ._checks import (
 )
 from .hamming.cluster import DEFAULT_MEMORY_LIMIT
 from .hashing import check_fit
+from .hashing.fusion import MAX_REPEAT
+from .hashing.hyperplanes import check_bits
 from .plan import POLICIES
 
 __all__ = ["DedupOptions", "option_names", "options_from"]
@@ -63,6 +65,12 @@ class DedupOptions:
         embed_device: where ``embed`` runs (``"cpu"``, ``"cuda"``, ...); the model is not moved.
         embed_fingerprint: a string naming the model and transform (needed for a plain
             callable, or to cache with a custom ``embed_transform``).
+        fuse: with ``embed``, fuse its codes with ``method``'s (any method, ``colour_dct``
+            included, at ``hash_size``): the two codes side by side, each repeated so that
+            its 1 % random-pair distance is on one scale (:mod:`torch_dedup.hashing.fusion`);
+            ``threshold`` counts bits of that fused code (docs/embeddings.md, "Fusion").
+        embed_bits: the embedding part's code length with ``fuse=True`` (a multiple of 64
+            in [64, 1024]; default 256).
         fit: for ``method="colour_dct"``, the :class:`~torch_dedup.hashing.ColourDctFit`
             to code with; ``None`` (default) fits on the dataset once and stores the fit
             beside its sidecars (``against=`` sets are always coded with the dataset's fit).
@@ -125,6 +133,8 @@ class DedupOptions:
     embed_transform: Any = None
     embed_device: Any = "cpu"
     embed_fingerprint: str | None = None
+    fuse: bool = False
+    embed_bits: int | None = None
 
     def __post_init__(self) -> None:
         check_method(self.method)
@@ -134,15 +144,24 @@ class DedupOptions:
             if not callable(self.embed):
                 raise ValueError(f"embed={self.embed!r} must be a torch module or a callable mapping a (B, C, H, W) "
                                  f"image batch to (B, D) embeddings")
-            if self.method != "phash" or self.fit is not None or self.fast_decode:
-                raise ValueError(f"embed= gives the codes itself, so method={self.method!r}, fit= and fast_decode= do "
-                                 f"not apply; leave them at their defaults (the code length is hash_size**2 bits)")
-            if (self.hash_size * self.hash_size) % 64 or self.hash_size > 32:
-                raise ValueError(f"hash_size={self.hash_size!r} gives {self.hash_size ** 2}-bit embedding codes; "
-                                 f"use hash_size 8 (64 bits), 16 (256), 24 (576) or 32 (1024)")
-        elif (self.embed_transform, self.embed_device, self.embed_fingerprint) != (None, "cpu", None):
-            raise ValueError("embed_transform=, embed_device= and embed_fingerprint= apply to embed= only; pass "
-                             "embed=<your model> or drop them")
+            check_bool("fuse", self.fuse)
+            if self.fuse:
+                object.__setattr__(self, "embed_bits", check_bits(256 if self.embed_bits is None else self.embed_bits))
+            else:
+                if self.method != "phash" or self.fit is not None or self.fast_decode:
+                    raise ValueError(f"embed= gives the codes itself, so method={self.method!r}, fit= and fast_decode= "
+                                     f"do not apply; leave them at their defaults (the code length is hash_size**2 "
+                                     f"bits), or pass fuse=True to fuse the embedding with {self.method!r}")
+                if self.embed_bits is not None:
+                    raise ValueError(f"embed_bits={self.embed_bits!r} sets the embedding part of a fused code "
+                                     f"(fuse=True); without fuse the code length is hash_size**2 bits")
+                if (self.hash_size * self.hash_size) % 64 or self.hash_size > 32:
+                    raise ValueError(f"hash_size={self.hash_size!r} gives {self.hash_size ** 2}-bit embedding codes; "
+                                     f"use hash_size 8 (64 bits), 16 (256), 24 (576) or 32 (1024)")
+        elif (self.embed_transform, self.embed_device, self.embed_fingerprint, self.fuse, self.embed_bits) != (
+                None, "cpu", None, False, None):
+            raise ValueError("embed_transform=, embed_device=, embed_fingerprint=, fuse= and embed_bits= apply to "
+                             "embed= only; pass embed=<your model> or drop them")
         if self.embed_transform is not None and not callable(self.embed_transform):
             raise ValueError(f"embed_transform={self.embed_transform!r} must be a callable pil_image -> CHW tensor")
         if self.embed_fingerprint is not None and not isinstance(self.embed_fingerprint, str):
@@ -175,7 +194,14 @@ class DedupOptions:
 
     @property
     def bits(self) -> int:
-        """Bits per hash (``hash_size ** 2`` per part of ``method``)."""
+        """Bits per hash (``hash_size ** 2`` per part of ``method``).
+
+        With ``fuse=True`` the fused code's length depends on the data (each part is
+        repeated 1..4 times, :mod:`torch_dedup.hashing.fusion`): this is its upper bound,
+        and the search checks the threshold against the real length.
+        """
+        if self.embed is not None and self.fuse:
+            return MAX_REPEAT * (method_bits(self.method, self.hash_size) + self.embed_bits)
         return method_bits(self.method, self.hash_size)
 
     def replace(self, **changes: Any) -> DedupOptions:
@@ -210,7 +236,7 @@ class DedupOptions:
         if self.fit is not None:
             out["fit"] = self.fit.fingerprint
         if self.embed is not None:
-            out["method"] = "embed"
+            out["method"] = f"{self.method}+embed" if self.fuse else "embed"
         return out
 
 

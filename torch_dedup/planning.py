@@ -23,14 +23,17 @@ import os
 import time
 import warnings
 from dataclasses import dataclass
+from functools import partial
 from typing import Any, Sequence
 
 import numpy as np
 
+from ._checks import method_bits
 from .dataset_fits import with_fit
 from .dataset_hashes import DatasetHashes, hash_dataset_with
 from .embedding import embed_dataset, embed_dataset_distributed
 from .errors import EmptyDedupError
+from .fused_hashes import FusedHashes, fuse_hashes
 from .hamming.cluster import DEFAULT_MEMORY_LIMIT, find_duplicates
 from .options import DedupOptions, option_names
 from .plan import DedupPlan
@@ -143,7 +146,13 @@ def plan_with(ds, options: DedupOptions, *, distributed: bool | str = "auto", gr
     labels = options.labels if options.labels is not None else (None if collective else labels_of(ds))
     if not collective:
         labels = check_labels(labels, len(ds), options.per_class, type(ds).__name__)
-    if options.embed is not None:
+    if options.embed is not None and options.fuse:
+        # both codings of this dataset (the method's fitted first), fused; the against= sets are
+        # coded with this dataset's fits and fused with its fusion
+        options = _fitter(collective, group)(ds, options)
+        dh = _fused(ds, options, collective, group, hasher)
+        hasher = partial(_fused, collective=collective, group=group, hasher=hasher, like=dh)
+    elif options.embed is not None:
         # the user's model: embedded here, and the against= sets coded with this dataset's fit
         dh = _embedded(ds, options, collective, group)
         hasher = lambda other_ds, other: _embedded(other_ds, other, collective, group, fit=dh.fit)  # noqa: E731
@@ -179,13 +188,23 @@ def plan_with(ds, options: DedupOptions, *, distributed: bool | str = "auto", gr
 
 def _embedded(ds, options: DedupOptions, collective: bool, group=None, fit=None) -> DatasetHashes:
     """``ds`` coded through ``options.embed``: in this process, or once across the group (a collective)."""
-    kwargs = dict(transform=options.embed_transform, device=options.embed_device, bits=options.bits, fit=fit,
+    bits = options.embed_bits if options.fuse else options.bits
+    kwargs = dict(transform=options.embed_transform, device=options.embed_device, bits=bits, fit=fit,
                   image_fn=options.image_fn, fingerprint=options.fingerprint,
                   embed_fingerprint=options.embed_fingerprint, cache_dir=options.cache_dir,
                   on_error=options.on_error, progress=options.progress, refresh=options.refresh)
     if collective:
         return embed_dataset_distributed(ds, options.embed, group=group, **kwargs)
     return embed_dataset(ds, options.embed, **kwargs)
+
+
+def _fused(ds, options: DedupOptions, collective: bool, group, hasher, like: FusedHashes | None = None) -> FusedHashes:
+    """``ds`` coded with ``options.method`` and with ``options.embed``, fused (``like``'s fits and fusion when given)."""
+    hashed = hasher(ds, options)
+    embedded = _embedded(ds, options, collective, group, fit=None if like is None else like.embed_fit)
+    return fuse_hashes(hashed, embedded, method=options.method, hash_size=options.hash_size,
+                       bits=method_bits(options.method, options.hash_size),
+                       fusion=None if like is None else like.fusion)
 
 
 def _code_space(dh: DatasetHashes) -> tuple:
@@ -223,8 +242,7 @@ def _hashes_of_against(against, options: DedupOptions, hasher, mine: DatasetHash
         raise ValueError(f"against= holds hashes of different widths {sorted(widths)}; hash everything with "
                          f"the same method and hash_size")
     if not parts:
-        words = -(-options.bits // 64)
-        return np.zeros((0,) if words == 1 else (0, words), np.uint64), prints
+        return np.zeros((0,) + mine.hashes.shape[1:], np.uint64), prints
     return np.concatenate(parts), prints
 
 
@@ -427,10 +445,15 @@ def _check_plan_settings(plan: DedupPlan, options: DedupOptions) -> None:
     made = {"threshold": plan.threshold, "policy": plan.policy, "per_class": plan.per_class,
             "method": plan.settings.get("method"), "hash_size": plan.settings.get("hash_size")}
     clash = [f"{k}={getattr(options, k)!r} (the plan has {v!r})" for k, v in made.items()
-             if v is not None and getattr(options, k) != getattr(defaults, k) and getattr(options, k) != v]
-    if options.fit is not None and plan.provenance.get("fit") != options.fit.fingerprint:
-        clash.append(f"fit= with fingerprint {options.fit.fingerprint} (the plan was coded with "
-                     f"{plan.provenance.get('fit')!r})")
+             if v is not None and getattr(options, k) != getattr(defaults, k) and getattr(options, k) != v
+             and not (k == "method" and options.embed is not None)]
+    if options.embed is not None and made["method"] is not None and options.settings()["method"] != made["method"]:
+        clash.append(f"embed= with fuse={options.fuse!r} makes {options.settings()['method']!r} codes (the plan has "
+                     f"{made['method']!r})")
+    # a fused plan's "fit" names both halves; its method half's fit is "method_fit"
+    plan_fit = plan.provenance.get("method_fit" if "fusion" in plan.provenance else "fit")
+    if options.fit is not None and plan_fit != options.fit.fingerprint:
+        clash.append(f"fit= with fingerprint {options.fit.fingerprint} (the plan was coded with {plan_fit!r})")
     if clash:
         raise ValueError(f"plan= was made with other settings than the ones given: {'; '.join(clash)}. A given plan "
                          f"is followed as it is: drop those settings, or drop plan= to plan with them.")
