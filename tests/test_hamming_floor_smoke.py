@@ -50,6 +50,16 @@ def smoke() -> None:
         theirs = [int(str(fn(Image.fromarray(im))), 16) for im in imgs]
         assert ours.tolist() == theirs, method
 
+    # colour_dct: the pinned features, fit and codes (tests/test_colour_dct_pinned.py) on this stack
+    import importlib.util
+    import pathlib
+
+    spec = importlib.util.spec_from_file_location(
+        "pinned", pathlib.Path(__file__).with_name("test_colour_dct_pinned.py"))
+    pinned = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(pinned)
+    pinned.check_pinned()
+
 
 def test_floor_smoke_on_installed_versions():
     smoke()
