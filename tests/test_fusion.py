@@ -23,6 +23,7 @@ from torch_dedup import DedupOptions, DedupSampler, plan_dataset
 from torch_dedup.dataset_hashes import hash_dataset
 from torch_dedup.embedding import embed_dataset
 from torch_dedup.hashing.fusion import (
+    CHANCE_SHARE,
     FUSION_PAIRS,
     FUSION_QUANTILE,
     FUSION_SEED,
@@ -90,6 +91,14 @@ def test_fit_fusion_picks_the_repeats_that_equalise_the_scales():
     assert f.repeats == best[1] == (4, 1)
     assert f.ratio_error == pytest.approx(best[0])
     assert f.key == "4x64+1x256"
+    # chance: the smallest fused distance that 0.1 % of the same seeded pairs reach
+    g = np.random.default_rng(FUSION_SEED)
+    i = g.integers(0, 400, FUSION_PAIRS)
+    j = g.integers(0, 399, FUSION_PAIRS)
+    j = j + (j >= i)
+    d = sorted(4 * _ham(short[a], short[b]) + _ham(long[a], long[b]) for a, b in zip(i, j))
+    assert f.chance == d[int(np.ceil(CHANCE_SHARE * FUSION_PAIRS)) - 1]
+    assert sum(x < f.chance for x in d) < CHANCE_SHARE * FUSION_PAIRS <= sum(x <= f.chance for x in d)
 
 
 def test_fuse_refuses_parts_of_another_layout():
@@ -181,6 +190,19 @@ def test_sampler_takes_fused_options_and_a_given_fused_plan(folders, tmp_path):
                            distributed=False)
     with pytest.raises(ValueError, match=r"fuse=True makes 'phash\+embed' codes \(the plan has 'embed'\)"):
         DedupSampler(train, plan=unfused, options=opts)
+
+
+def test_a_threshold_that_random_pairs_reach_is_a_warning_naming_the_limit(folders, tmp_path, caplog):
+    net = _net()
+    train = ImageFolder(folders / "train")
+    plan = plan_dataset(train, embed=net, fuse=True, threshold=40, cache_dir=tmp_path, progress=False,
+                        distributed=False)
+    chance = plan.provenance["fusion"]["chance"]
+    assert 40 < chance and not [r for r in caplog.records if "random pairs of" in r.getMessage()]
+    plan_dataset(train, embed=net, fuse=True, threshold=chance, cache_dir=tmp_path, progress=False,
+                 distributed=False)
+    warned = [r.getMessage() for r in caplog.records if "random pairs of ImageFolder" in r.getMessage()]
+    assert len(warned) == 1 and f"Keep the threshold below {chance}" in warned[0]
 
 
 def test_fuse_options_are_checked():

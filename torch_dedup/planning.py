@@ -35,6 +35,7 @@ from .embedding import embed_dataset, embed_dataset_distributed
 from .errors import EmptyDedupError
 from .fused_hashes import FusedHashes, fuse_hashes
 from .hamming.cluster import DEFAULT_MEMORY_LIMIT, find_duplicates
+from .hashing.fusion import CHANCE_SHARE
 from .options import DedupOptions, option_names
 from .plan import DedupPlan
 from .sidecar import library_versions
@@ -202,9 +203,18 @@ def _fused(ds, options: DedupOptions, collective: bool, group, hasher, like: Fus
     """``ds`` coded with ``options.method`` and with ``options.embed``, fused (``like``'s fits and fusion when given)."""
     hashed = hasher(ds, options)
     embedded = _embedded(ds, options, collective, group, fit=None if like is None else like.embed_fit)
-    return fuse_hashes(hashed, embedded, method=options.method, hash_size=options.hash_size,
-                       bits=method_bits(options.method, options.hash_size),
-                       fusion=None if like is None else like.fusion)
+    fused = fuse_hashes(hashed, embedded, method=options.method, hash_size=options.hash_size,
+                        bits=method_bits(options.method, options.hash_size),
+                        fusion=None if like is None else like.fusion)
+    chance = fused.fusion.chance
+    if like is None and chance is not None and options.threshold >= chance:
+        # the engine's own warning assumes independent bits; repeated parts are not, so measure
+        logger.warning("threshold=%d on fused %s codes (%s): at least %.1f%% of random pairs of %s are within "
+                       "%d, so images that are not near-duplicates get removed. Keep the threshold below %d; "
+                       "sweep_max= and plan.sweep_pairs show the pairs at each threshold (docs/embeddings.md).",
+                       options.threshold, options.settings()["method"], fused.fusion.key, 100 * CHANCE_SHARE,
+                       type(ds).__name__, chance, chance)
+    return fused
 
 
 def _code_space(dh: DatasetHashes) -> tuple:

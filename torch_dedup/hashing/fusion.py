@@ -26,7 +26,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-__all__ = ["FUSION_PAIRS", "FUSION_QUANTILE", "FUSION_SEED", "MAX_REPEAT", "Fusion", "fit_fusion", "pair_quantile"]
+__all__ = ["CHANCE_SHARE", "FUSION_PAIRS", "FUSION_QUANTILE", "FUSION_SEED", "MAX_REPEAT", "Fusion", "fit_fusion", "pair_quantile"]
 
 #: The quantile of random-pair distances that stands for a part's scale.
 FUSION_QUANTILE = 0.01
@@ -36,6 +36,8 @@ FUSION_PAIRS = 100_000
 FUSION_SEED = 0
 #: The largest number of times one part is written.
 MAX_REPEAT = 4
+#: The share of random pairs within a threshold from which the threshold is reported as too large.
+CHANCE_SHARE = 1e-3
 
 _POP8 = np.array([bin(v).count("1") for v in range(256)], dtype=np.uint16)
 
@@ -52,6 +54,14 @@ def _distances(a: np.ndarray, b: np.ndarray) -> np.ndarray:
     """Row-wise Hamming distances of two ``(P, W)`` uint64 arrays (a byte table: no numpy >= 2 popcount)."""
     x = np.ascontiguousarray(a ^ b)
     return _POP8[x.view(np.uint8)].reshape(len(x), -1).sum(axis=1, dtype=np.int64)
+
+
+def _pair_sample(n_valid: int, pairs: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
+    """``pairs`` seeded random pairs ``(i, j)`` of distinct positions in ``range(n_valid)``."""
+    rng = np.random.default_rng(seed)
+    i = rng.integers(0, n_valid, pairs)
+    j = rng.integers(0, n_valid - 1, pairs)
+    return i, j + (j >= i)                       # uniform over the other rows
 
 
 def pair_quantile(codes, valid=None, *, quantile: float = FUSION_QUANTILE, pairs: int = FUSION_PAIRS,
@@ -72,10 +82,7 @@ def pair_quantile(codes, valid=None, *, quantile: float = FUSION_QUANTILE, pairs
     idx = np.arange(len(rows)) if valid is None else np.flatnonzero(np.asarray(valid, dtype=bool))
     if len(idx) < 2:
         return 1.0
-    rng = np.random.default_rng(seed)
-    i = rng.integers(0, len(idx), pairs)
-    j = rng.integers(0, len(idx) - 1, pairs)
-    j = j + (j >= i)                             # uniform over the other rows
+    i, j = _pair_sample(len(idx), pairs, seed)
     d = _distances(rows[idx[i]], rows[idx[j]])
     return max(1.0, float(np.quantile(d, quantile)))
 
@@ -88,11 +95,15 @@ class Fusion:
         bits: the bit length of each part (words of ``ceil(bits / 64)`` each).
         scales: each part's 1 % random-pair Hamming distance on the dataset it was fitted on.
         repeats: how many times each part is written.
+        chance: the smallest fused distance that at least 0.1 % of the random pairs reach
+            (:data:`CHANCE_SHARE`): a threshold at or above it removes unrelated images.
+            ``None`` when too few valid rows were seen to say.
     """
 
     bits: tuple[int, ...]
     scales: tuple[float, ...]
     repeats: tuple[int, ...]
+    chance: int | None = None
 
     @property
     def words(self) -> int:
@@ -137,7 +148,7 @@ class Fusion:
     def to_meta(self) -> dict:
         """JSON-able description (stored in plans and sidecar metadata)."""
         return {"bits": list(self.bits), "scales": list(self.scales), "repeats": list(self.repeats),
-                "quantile": FUSION_QUANTILE, "pairs": FUSION_PAIRS, "seed": FUSION_SEED}
+                "chance": self.chance, "quantile": FUSION_QUANTILE, "pairs": FUSION_PAIRS, "seed": FUSION_SEED}
 
 
 def fit_fusion(parts, bits, valid=None) -> Fusion:
@@ -172,4 +183,13 @@ def fit_fusion(parts, bits, valid=None) -> Fusion:
         rank = (round(f.ratio_error, 9), f.words)
         if best is None or rank < best[0]:
             best = (rank, f)
-    return best[1]
+    fusion = best[1]
+    idx = np.arange(len(_rows(parts[0], "part 0"))) if valid is None else np.flatnonzero(valid)
+    if len(idx) < 2:
+        return fusion
+    i, j = _pair_sample(len(idx), FUSION_PAIRS, FUSION_SEED)
+    rows = [_rows(p, f"part {k}") for k, p in enumerate(parts)]
+    d = sum(r * _distances(p[idx[i]], p[idx[j]]) for r, p in zip(fusion.repeats, rows))
+    # the smallest distance with at least CHANCE_SHARE of the random pairs at or below it
+    chance = int(np.sort(d)[max(0, math.ceil(CHANCE_SHARE * len(d)) - 1)])
+    return Fusion(fusion.bits, fusion.scales, fusion.repeats, chance)
