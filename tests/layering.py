@@ -55,6 +55,7 @@ LAYERS: dict[str, int] = {
     "hamming/block_index.py": 2,
     "hamming/_search_io.py": 2,
     "hamming/_key_graph.py": 2,
+    "hamming/views.py": 2,
     "hamming/__init__.py": 2,
     # 3: datasets -> images, hashes, plans (torch only where needed)
     "sources.py": 3,
@@ -64,6 +65,7 @@ LAYERS: dict[str, int] = {
     "dataset_fits.py": 3,
     "embedding.py": 3,
     "fused_hashes.py": 3,
+    "dataset_views.py": 3,
     "model_embeddings.py": 3,
     "distributed_hashing.py": 3,
     "planning.py": 3,

@@ -113,6 +113,10 @@ def _rank(rank: int, out: str, init: str) -> None:
         np.save(out_p / f"fused_keep_{rank}.npy", fused.keep)
         np.save(out_p / f"fused_leaked_{rank}.npy", fused.leaked)
         report["fused"] = [fused.provenance["fit"], fused.provenance["fusion"]]
+        # views= is one process only: every rank refuses it before any collective (none is left waiting)
+        report["views"] = _outcome(lambda: plan_dataset(train, method="colour_dct", hash_size=16, views="shift",
+                                                        cache_dir=False, progress=False))
+        report["after_views"] = embed_dataset_distributed(test, net, cache_dir=False, **kw).fit.fingerprint
     except Exception:  # noqa: BLE001 - the test reads the traceback
         report["error"] = traceback.format_exc()
     finally:
@@ -154,6 +158,8 @@ def test_two_ranks_give_the_one_process_codes_share_the_cache_and_raise_together
         np.testing.assert_array_equal(np.load(tmp_path / f"fused_keep_{r}.npy"), one_fused.keep)
         np.testing.assert_array_equal(np.load(tmp_path / f"fused_leaked_{r}.npy"), one_fused.leaked)
         assert rep["fused"] == [one_fused.provenance["fit"], one_fused.provenance["fusion"]]
+        assert rep["views"]["type"] == "ValueError" and "planned in one process" in rep["views"]["message"]
+        assert rep["after_views"] == own_test.fit.fingerprint
     assert len(list((tmp_path / "cache").rglob("embed-*"))) == 1
 
 

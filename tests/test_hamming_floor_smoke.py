@@ -37,6 +37,9 @@ def smoke() -> None:
         assert comp.n_kept <= sum(want)
         assert sweep_thresholds(h, t, policy="components").tolist()[t] == \
             find_duplicates(h, t, policy="components").n_kept
+    from torch_dedup.hamming.views import find_duplicates_views
+    for t in (3, 30):  # views that repeat the own code: the plain decision
+        assert find_duplicates_views(h, h[:, None], t).keep.tolist() == _naive_greedy(h, t)
     r = hamming_pairs(h, 2)
     assert (popcount64(h[r.pairs[:, 0]] ^ h[r.pairs[:, 1]]) == r.distances).all()
 

@@ -31,10 +31,12 @@ import numpy as np
 from ._checks import method_bits
 from .dataset_fits import with_fit
 from .dataset_hashes import DatasetHashes, hash_dataset_with
+from .dataset_views import DatasetViews, dataset_views
 from .embedding import embed_dataset, embed_dataset_distributed
 from .errors import EmptyDedupError
 from .fused_hashes import FusedHashes, fuse_hashes
 from .hamming.cluster import DEFAULT_MEMORY_LIMIT, find_duplicates
+from .hamming.views import find_duplicates_views
 from .hashing.fusion import CHANCE_SHARE
 from .options import DedupOptions, option_names
 from .plan import DedupPlan
@@ -142,6 +144,12 @@ def plan_with(ds, options: DedupOptions, *, distributed: bool | str = "auto", gr
     """
     t0 = time.perf_counter()
     collective = _use_distributed(distributed, group)
+    if options.views is not None and collective:
+        # every rank raises here, before any collective: none is left waiting
+        raise ValueError(f"views={options.views!r} is planned in one process, not as a torch.distributed collective: "
+                         f"plan once (plan_dataset(ds, ..., views={options.views!r}, distributed=False) before "
+                         f"init_process_group, or on every rank), save it (plan.save(path)) and pass plan=path to "
+                         f"DedupSampler/DedupDataset on every rank")
     hasher = _hasher(collective, group)
     # Cheap checks first: a bad option should fail before minutes of hashing.
     labels = options.labels if options.labels is not None else (None if collective else labels_of(ds))
@@ -162,6 +170,7 @@ def plan_with(ds, options: DedupOptions, *, distributed: bool | str = "auto", gr
         # dataset and its against= sets are then coded in the same space.
         options = _fitter(collective, group)(ds, options)
         dh = hasher(ds, options)
+    views = dataset_views(ds, options) if options.views is not None else None
     # Under DDP every rank runs the steps below by itself on the shared hashes; a failure on
     # one rank (a priority= that raises, out of memory) must reach every rank, never leave
     # the others waiting in their next collective.
@@ -176,7 +185,7 @@ def plan_with(ds, options: DedupOptions, *, distributed: bool | str = "auto", gr
                                              per_class=options.per_class, labels=labels, priority=options.priority,
                                              against=against, against_fingerprints=against_prints,
                                              sweep_max=options.sweep_max, leak_pairs=options.leak_pairs,
-                                             memory_limit=options.memory_limit),
+                                             memory_limit=options.memory_limit, views=views),
                     "planning")
     warn_if_order_strips_classes(plan, type(ds).__name__)
     # DEBUG, not INFO: consumers (DedupSampler, DedupDataset, the CLI) log the one INFO line.
@@ -363,7 +372,8 @@ def check_labels(labels, n: int, per_class: bool, name: str = "the dataset") -> 
 def plan_from_hashes(dh: DatasetHashes, threshold: int = 6, *, policy: str = "greedy", per_class: bool = False,
                      labels=None, priority=None, against: np.ndarray | None = None,
                      against_fingerprints: Sequence[str | None] = (), sweep_max: int | None = None,
-                     leak_pairs: bool = False, memory_limit: int | None = DEFAULT_MEMORY_LIMIT) -> DedupPlan:
+                     leak_pairs: bool = False, memory_limit: int | None = DEFAULT_MEMORY_LIMIT,
+                     views: DatasetViews | None = None) -> DedupPlan:
     """Decide which items of an already hashed dataset to keep (the step after hashing).
 
     :func:`plan_dataset` ends here in one process and under DDP, so the two cannot drift.
@@ -375,6 +385,9 @@ def plan_from_hashes(dh: DatasetHashes, threshold: int = 6, *, policy: str = "gr
         labels: per-item labels; ``None`` takes ``dh.labels``.
         against: hashes of other sets (already hashed with the same method and size).
         against_fingerprints: their fingerprints, recorded in the plan's provenance.
+        views: the dataset's view codes (:func:`~torch_dedup.dataset_views.dataset_views`):
+            plan with :func:`~torch_dedup.hamming.views.find_duplicates_views` (an item is
+            valid when its code and its views are).
 
     Returns:
         The :class:`~torch_dedup.plan.DedupPlan`.
@@ -389,6 +402,15 @@ def plan_from_hashes(dh: DatasetHashes, threshold: int = 6, *, policy: str = "gr
                   "first_failure": None if first is None else [int(first[0]), str(first[1]), str(first[2])],
                   "against_fingerprints": list(against_fingerprints), "versions": library_versions()}
     settings = {"method": dh.meta["method"], "hash_size": int(dh.meta["hash_size"]), "decode": dh.meta["decode"]}
+    if views is not None:
+        if sweep_max is not None or leak_pairs:
+            raise ValueError("views= plans do not take sweep_max= or leak_pairs= yet; drop them, or drop views=")
+        provenance.update(views_file=None if views.path is None else str(views.path), views_from_cache=views.from_cache,
+                          n_view_failures=len(views.failures))
+        return find_duplicates_views(dh.hashes, views.codes, threshold, policy=policy,
+                                     priority=_priority_array(priority, n), labels=labels, per_class=per_class,
+                                     against=against, valid=dh.valid & views.valid, provenance=provenance,
+                                     settings={**settings, "views_name": views.name}, memory_limit=memory_limit)
     return find_duplicates(dh.hashes, threshold, policy=policy, priority=_priority_array(priority, n),
                            labels=labels, per_class=per_class, against=against, valid=dh.valid,
                            sweep_max=sweep_max, provenance=provenance, settings=settings, leak_pairs=leak_pairs,
@@ -460,6 +482,8 @@ def _check_plan_settings(plan: DedupPlan, options: DedupOptions) -> None:
     if options.embed is not None and made["method"] is not None and options.settings()["method"] != made["method"]:
         clash.append(f"embed= with fuse={options.fuse!r} makes {options.settings()['method']!r} codes (the plan has "
                      f"{made['method']!r})")
+    if options.views is not None and plan.settings.get("views_name") != options.views:
+        clash.append(f"views={options.views!r} (the plan has {plan.settings.get('views_name')!r})")
     # a fused plan's "fit" names both halves; its method half's fit is "method_fit"
     plan_fit = plan.provenance.get("method_fit" if "fusion" in plan.provenance else "fit")
     if options.fit is not None and plan_fit != options.fit.fingerprint:

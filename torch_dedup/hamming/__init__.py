@@ -14,6 +14,7 @@ from .search import (
     unique_pairs,
 )
 from .sweep import ClassSweep, sweep_thresholds, sweep_thresholds_by_class
+from .views import find_duplicates_views, view_distances
 
 __all__ = [
     "BlockTable",
@@ -23,6 +24,7 @@ __all__ = [
     "block_table_pairs",
     "block_tables",
     "find_duplicates",
+    "find_duplicates_views",
     "hamming_distance",
     "hamming_pairs",
     "keep_from_pairs",
@@ -31,4 +33,5 @@ __all__ = [
     "sweep_thresholds_by_class",
     "unique_hashes",
     "unique_pairs",
+    "view_distances",
 ]
