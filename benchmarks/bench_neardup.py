@@ -25,7 +25,10 @@ For each method everything is hashed once, in this process, and then:
 
 colour_dct is fitted the way the library fits it: ``fit_colour_dct_images`` on a seeded
 sample of at most 20,000 images of the planted training set (train + copies); its rows are
-the 256- and 512-bit codes and ``colour_dct cosine``, the exact float cosine of the whitened
+the 256-, 512- and 1024-bit codes, ``colour_dct 256 views`` (the 256-bit codes with
+``views="shift"``: each training item also coded from 9 views of it, 8 shifts by 1/16 of the
+side and a 10 % centre crop, the item distance of ``torch_dedup.hamming.views``; the test set
+has no views, as ``against=`` in the library) and ``colour_dct cosine``, the exact float cosine of the whitened
 features (what re-checking Hamming candidates with ``ColourDctFit.cosine`` can reach at
 best), read as the distance ``arccos(cos) / pi * 4096``.
 
@@ -73,6 +76,10 @@ METHODS = (
 )
 COLOUR_DCT = "colour_dct 256"
 COLOUR_DCT_512 = "colour_dct 512"
+COLOUR_DCT_1024 = "colour_dct 1024"
+#: colour_dct 256 with ``views="shift"``: every training item also coded from its 9 views
+#: (torch_dedup.hashing.views), the item distance of torch_dedup.hamming.views.
+COLOUR_DCT_VIEWS = "colour_dct 256 views"
 #: The exact float cosine of the whitened features (what a re-check of Hamming candidates
 #: reads), as a distance ``arccos(cos) / pi * COSINE_LEVELS`` (so ``t / levels`` reads like ``hamming / bits``).
 COLOUR_DCT_COSINE = "colour_dct cosine"
@@ -272,9 +279,10 @@ class ColourDctRun:
     whitened: tuple       # (train, test, copies) float32 whitened features, for the cosine row
     fit_seconds: float    # one fit_colour_dct_images call (decoding its sample included)
     n_fit: int
+    views: tuple | None = None   # (train (N, K, W), copies (M, K, W)) view codes of the first fit, and seconds
 
 
-def hash_colour_dct(mod, train, test, copies, seed: int = 0, bits=(256,)) -> ColourDctRun:
+def hash_colour_dct(mod, train, test, copies, seed: int = 0, bits=(256,), views: bool = False) -> ColourDctRun:
     """colour_dct codes the way the library makes them: ``fit_colour_dct_images`` on a seeded
     sample (at most :data:`FIT_SAMPLE`) of the planted training set (train + copies), the same
     fit applied to train, test and copies. One fit per code length (same seed)."""
@@ -295,7 +303,14 @@ def hash_colour_dct(mod, train, test, copies, seed: int = 0, bits=(256,)) -> Col
                          seconds=t_feat + time.perf_counter() - t1))
         if whitened is None and hasattr(fit, "whiten"):
             whitened = tuple(np.asarray(fit.whiten(f), dtype=np.float32) for f in feats)
-    return ColourDctRun(out, whitened, min(fit_s), len(pick))
+        if views and b == 256:
+            from torch_dedup.hashing.views import colour_dct_view_features
+            coded = []
+            for paths in (train, copies):
+                vf, ok, _ = colour_dct_view_features(list(paths), "shift")
+                coded.append(_as_words(fit.codes(vf.reshape(-1, vf.shape[2]))).reshape(len(vf), vf.shape[1], -1))
+            views = (coded[0], coded[1], t_feat + time.perf_counter() - t1)
+    return ColourDctRun(out, whitened, min(fit_s), len(pick), views if isinstance(views, tuple) else None)
 
 
 # --------------------------------------------------------------------------- exact nearest neighbours
@@ -344,6 +359,30 @@ def nearest(query: np.ndarray, index: np.ndarray, skip_a=None, skip_b=None) -> t
     j = np.empty(n, dtype=np.int64)
     _nearest(np.ascontiguousarray(query), np.ascontiguousarray(index), skip_a, skip_b, d, j)
     return d, j
+
+
+@numba.njit(parallel=True, nogil=True, fastmath=False)
+def _nearest_item(q, idx, item, skip_a, skip_b, out_d):
+    for i in numba.prange(q.shape[0]):
+        best = 1 << 30
+        for j in range(idx.shape[0]):
+            if item[j] == skip_a[i] or item[j] == skip_b[i]:
+                continue
+            d = 0
+            for w in range(q.shape[1]):
+                d += _popcount(q[i, w] ^ idx[j, w])
+            if d < best:
+                best = d
+        out_d[i] = best
+
+
+def nearest_item(query, index, item, skip_a, skip_b) -> np.ndarray:
+    """Each query row's smallest Hamming distance over the ``index`` rows whose ``item`` is neither
+    ``skip_a[i]`` nor ``skip_b[i]``."""
+    d = np.empty(len(query), dtype=np.int64)
+    _nearest_item(np.ascontiguousarray(query), np.ascontiguousarray(index), np.asarray(item, np.int64),
+                  np.asarray(skip_a, np.int64), np.asarray(skip_b, np.int64), d)
+    return d
 
 
 def hamming_rows(a: np.ndarray, b: np.ndarray) -> np.ndarray:
@@ -396,6 +435,34 @@ def evaluate(codes: Codes, originals: np.ndarray) -> Result:
     d_orig = hamming_rows(codes.copies, codes.train[originals])
     found_at = np.where(d_orig <= d_other, d_orig, codes.bits + 1)
     return Result(codes.label, codes.bits, codes.seconds, codes.default_t, share, found_at, test_d, test_j)
+
+
+def evaluate_views(codes: Codes, train_views: np.ndarray, copy_views: np.ndarray, originals: np.ndarray,
+                   label: str, seconds: float) -> Result:
+    """:func:`evaluate` with K view codes per training item (train and copies): the item distance of
+    ``torch_dedup.hamming.views`` (an item's own code against the other's own code or views, an
+    item's views against the other's own code). A test image is compared with every code of a
+    training item (``against=`` in the library: the test set has no views)."""
+    from torch_dedup.hamming import view_distances
+
+    n, m, k = len(codes.train), len(codes.copies), train_views.shape[1]
+    w = codes.train.shape[1]
+    rows_train = np.concatenate([codes.train, train_views.transpose(1, 0, 2).reshape(k * n, w)])
+    test_d, test_j = nearest(codes.test, rows_train)
+    share = np.array([np.mean(test_d <= t) for t in range(codes.bits + 1)])
+    own = np.concatenate([codes.train, codes.copies])              # items: train, then the copies
+    allv = np.concatenate([train_views, copy_views])
+    rows = np.concatenate([own, allv.transpose(1, 0, 2).reshape(k * (n + m), w)])
+    item = np.tile(np.arange(n + m), k + 1)
+    me = n + np.arange(m)
+    d_a = nearest_item(codes.copies, rows, item, me, originals)               # own code vs others' codes and views
+    d_b = nearest_item(copy_views.reshape(m * k, w), own, np.arange(n + m),   # views vs others' own codes
+                       np.repeat(me, k), np.repeat(originals, k)).reshape(m, k).min(axis=1)
+    d_other = np.minimum(d_a, d_b)
+    d_orig = view_distances(own, allv, me, originals)
+    found_at = np.where(d_orig <= d_other, d_orig, codes.bits + 1)
+    default = codes.default_t
+    return Result(label, codes.bits, seconds, default, share, found_at, test_d, test_j % n)
 
 
 def _unit(z: np.ndarray) -> np.ndarray:
@@ -531,7 +598,8 @@ def main(argv=None) -> list[Result]:
     ap.add_argument("--seed", type=int, default=0, help="seed of the choice and the edits (default 0)")
     ap.add_argument("--methods", default=None,
                     help="comma-separated labels to run (default all: " + ", ".join(m[0] for m in METHODS)
-                    + f", and {COLOUR_DCT}, {COLOUR_DCT_512}, {COLOUR_DCT_COSINE} when "
+                    + f", and {COLOUR_DCT}, {COLOUR_DCT_512}, {COLOUR_DCT_1024}, {COLOUR_DCT_COSINE}, "
+                    f"{COLOUR_DCT_VIEWS} when "
                     "torch_dedup.hashing.colour_dct exists)")
     ap.add_argument("--out", type=Path, required=True, help="folder for edits.csv, results.md and the gallery (created)")
     args = ap.parse_args(argv)
@@ -579,15 +647,25 @@ def _run(args, tmp: Path) -> list[Result]:
         if wanted is None or label in wanted:
             results.append(evaluate(hash_method(label, method, size, train, test, copy_paths), originals))
             print(f"  {label}: hashed in {results[-1].seconds:.1f} s", flush=True)
-    dct_labels = [lab for lab in (COLOUR_DCT, COLOUR_DCT_512, COLOUR_DCT_COSINE) if wanted is None or lab in wanted]
+    dct_labels = [lab for lab in (COLOUR_DCT, COLOUR_DCT_512, COLOUR_DCT_1024, COLOUR_DCT_COSINE, COLOUR_DCT_VIEWS)
+                  if wanted is None or lab in wanted]
     if mod is not None and dct_labels:
-        bits = tuple(b for b, lab in ((256, COLOUR_DCT), (512, COLOUR_DCT_512)) if lab in dct_labels) or (256,)
-        run = hash_colour_dct(mod, train, test, copy_paths, seed=args.seed, bits=bits)
+        bits = tuple(b for b, lab in ((256, COLOUR_DCT), (512, COLOUR_DCT_512), (1024, COLOUR_DCT_1024))
+                     if lab in dct_labels) or (256,)
+        if COLOUR_DCT_VIEWS in dct_labels and 256 not in bits:
+            bits = (256, *bits)
+        run = hash_colour_dct(mod, train, test, copy_paths, seed=args.seed, bits=bits,
+                              views=COLOUR_DCT_VIEWS in dct_labels)
         print(f"  colour_dct: fit_colour_dct_images on {run.n_fit} images in {run.fit_seconds:.1f} s", flush=True)
         for codes in run.codes:
             if codes.label in dct_labels:
                 results.append(evaluate(codes, originals))
                 print(f"  {codes.label}: features, fit and codes in {codes.seconds:.1f} s", flush=True)
+        if run.views is not None:
+            base = next(c for c in run.codes if c.bits == 256)
+            results.append(evaluate_views(base, run.views[0], run.views[1], originals, COLOUR_DCT_VIEWS,
+                                          run.views[2]))
+            print(f"  {COLOUR_DCT_VIEWS}: features, views, fit and codes in {run.views[2]:.1f} s", flush=True)
         if COLOUR_DCT_COSINE in dct_labels and run.whitened is not None:
             t = run.codes[0]
             results.append(evaluate_cosine(run.whitened, originals, t.seconds,

@@ -134,3 +134,46 @@ def test_colour_dct_is_fitted_on_a_sample_of_the_planted_train_and_applied_to_th
 def test_missing_data_exits_with_the_fix(bench, tmp_path):
     with pytest.raises(SystemExit, match="no CIFAR-10 data at .*pass --data"):
         bench.main(["--data", str(tmp_path / "absent.tar.gz"), "--out", str(tmp_path / "o")])
+
+
+def _pc(x) -> int:
+    return sum(bin(int(v)).count("1") for v in np.ravel(x))
+
+
+def test_evaluate_views_matches_a_brute_force_item_distance(bench):
+    rng = np.random.default_rng(4)
+    n, m, k, w = 25, 4, 3, 1
+    train = rng.integers(0, 2**63, (n, w), dtype=np.uint64)
+    copies = train[:m] ^ np.uint64(0b11)
+    tv = rng.integers(0, 2**63, (n, k, w), dtype=np.uint64)
+    cv = rng.integers(0, 2**63, (m, k, w), dtype=np.uint64)
+    cv[1, 2] = train[9] ^ np.uint64(1)               # a copy's view near another item: found elsewhere
+    test = rng.integers(0, 2**63, (6, w), dtype=np.uint64)
+    test[0] = tv[5, 1]                                # a test image equal to a view of train item 5
+    originals = np.arange(m)
+    codes = bench.Codes("x", train, test, copies, bits=64 * w, default_t=6, seconds=0)
+    r = bench.evaluate_views(codes, tv, cv, originals, "x views", 0.0)
+    own = np.concatenate([train, copies])
+    allv = np.concatenate([tv, cv])
+
+    def item_d(i, j):
+        return min([_pc(own[i] ^ own[j])] + [_pc(allv[i, q] ^ own[j]) for q in range(k)]
+                   + [_pc(own[i] ^ allv[j, q]) for q in range(k)])
+
+    want_test = [min(min(_pc(t ^ train[j]), *[_pc(t ^ tv[j, q]) for q in range(k)]) for j in range(n)) for t in test]
+    assert r.test_d.tolist() == want_test and r.test_d[0] == 0 and r.test_j[0] == 5
+    for c in range(m):
+        me, o = n + c, originals[c]
+        other = min(item_d(me, j) for j in range(n + m) if j not in (me, o))
+        d = item_d(me, o)
+        assert r.found_at[c] == (d if d <= other else 64 * w + 1)
+    assert r.found_at[1] == 65                        # the view next to item 9 beats the original
+
+
+def test_views_row_runs_through_the_library(bench, tree, tmp_path):
+    results = bench.main(["--data", str(tree), "--k", "6", "--out", str(tmp_path / "o"),
+                          "--methods", f"{bench.COLOUR_DCT},{bench.COLOUR_DCT_VIEWS}"])
+    assert [r.label for r in results] == [bench.COLOUR_DCT, bench.COLOUR_DCT_VIEWS]
+    plain, views = results
+    # every code of the plain row is one of the views row's, so nothing is farther with views
+    assert np.all(views.test_d <= plain.test_d) and views.bits == 256 and len(views.found_at) == 6
