@@ -8,6 +8,9 @@ one edit or a combination of two or three, seeded and recorded in ``edits.csv``)
 are written to files (PNG, or JPEG when the edit list has a re-encode) and planted into the
 training set, so they go through the same decode path as the originals.
 
+``phash 256 views`` is phash 256 with ``views="shift"``: the views' gain measured on
+another method.
+
 For each method everything is hashed once, in this process, and then:
 
 * **flagged share**: the share of CIFAR-10 *test* images (which nobody planted) that have a
@@ -28,7 +31,9 @@ sample of at most 20,000 images of the planted training set (train + copies); it
 the 256-, 512- and 1024-bit codes, ``colour_dct 256 views`` (the 256-bit codes with
 ``views="shift"``: each training item also coded from 9 views of it, 8 shifts by 1/16 of the
 side and a 10 % centre crop, the item distance of ``torch_dedup.hamming.views``; the test set
-has no views, as ``against=`` in the library) and ``colour_dct cosine``, the exact float cosine of the whitened
+has no views, as ``against=`` in the library), ``colour_dct 256 views+rotate`` (the set
+``"shift+rotate"``: 8 shifts by 3/32 of the side, the crop, rotations by +-4 and +-8 degrees),
+and ``colour_dct cosine``, the exact float cosine of the whitened
 features (what re-checking Hamming candidates with ``ColourDctFit.cosine`` can reach at
 best), read as the distance ``arccos(cos) / pi * 4096``.
 
@@ -80,6 +85,10 @@ COLOUR_DCT_1024 = "colour_dct 1024"
 #: colour_dct 256 with ``views="shift"``: every training item also coded from its 9 views
 #: (torch_dedup.hashing.views), the item distance of torch_dedup.hamming.views.
 COLOUR_DCT_VIEWS = "colour_dct 256 views"
+#: The same with the view set ``"shift+rotate"`` (8 shifts by 3/32, the crop, rotations of +-4 and +-8 degrees).
+COLOUR_DCT_VIEWS_ROT = "colour_dct 256 views+rotate"
+#: phash 256 with ``views="shift"``: how much of the gain is the views', not colour_dct's.
+PHASH_VIEWS = "phash 256 views"
 #: The exact float cosine of the whitened features (what a re-check of Hamming candidates
 #: reads), as a distance ``arccos(cos) / pi * COSINE_LEVELS`` (so ``t / levels`` reads like ``hamming / bits``).
 COLOUR_DCT_COSINE = "colour_dct cosine"
@@ -279,10 +288,11 @@ class ColourDctRun:
     whitened: tuple       # (train, test, copies) float32 whitened features, for the cosine row
     fit_seconds: float    # one fit_colour_dct_images call (decoding its sample included)
     n_fit: int
-    views: tuple | None = None   # (train (N, K, W), copies (M, K, W)) view codes of the first fit, and seconds
+    fit256: object = None   # the 256-bit fit (the views rows code with it)
+    feature_seconds: float = 0.0
 
 
-def hash_colour_dct(mod, train, test, copies, seed: int = 0, bits=(256,), views: bool = False) -> ColourDctRun:
+def hash_colour_dct(mod, train, test, copies, seed: int = 0, bits=(256,)) -> ColourDctRun:
     """colour_dct codes the way the library makes them: ``fit_colour_dct_images`` on a seeded
     sample (at most :data:`FIT_SAMPLE`) of the planted training set (train + copies), the same
     fit applied to train, test and copies. One fit per code length (same seed)."""
@@ -292,7 +302,7 @@ def hash_colour_dct(mod, train, test, copies, seed: int = 0, bits=(256,), views:
     planted = list(train) + list(copies)
     pick = fit_sample(len(planted), seed)
     default = getattr(mod, "DEFAULT_THRESHOLD", None)
-    out, whitened, fit_s = [], None, []
+    out, whitened, fit_s, fit256 = [], None, [], None
     for b in bits:
         t1 = time.perf_counter()
         fit = mod.fit_colour_dct_images([planted[i] for i in pick], bits=b)
@@ -303,14 +313,9 @@ def hash_colour_dct(mod, train, test, copies, seed: int = 0, bits=(256,), views:
                          seconds=t_feat + time.perf_counter() - t1))
         if whitened is None and hasattr(fit, "whiten"):
             whitened = tuple(np.asarray(fit.whiten(f), dtype=np.float32) for f in feats)
-        if views and b == 256:
-            from torch_dedup.hashing.views import colour_dct_view_features
-            coded = []
-            for paths in (train, copies):
-                vf, ok, _ = colour_dct_view_features(list(paths), "shift")
-                coded.append(_as_words(fit.codes(vf.reshape(-1, vf.shape[2]))).reshape(len(vf), vf.shape[1], -1))
-            views = (coded[0], coded[1], t_feat + time.perf_counter() - t1)
-    return ColourDctRun(out, whitened, min(fit_s), len(pick), views if isinstance(views, tuple) else None)
+        if b == 256:
+            fit256 = fit
+    return ColourDctRun(out, whitened, min(fit_s), len(pick), fit256 if 256 in bits else None, t_feat)
 
 
 # --------------------------------------------------------------------------- exact nearest neighbours
@@ -435,6 +440,18 @@ def evaluate(codes: Codes, originals: np.ndarray) -> Result:
     d_orig = hamming_rows(codes.copies, codes.train[originals])
     found_at = np.where(d_orig <= d_other, d_orig, codes.bits + 1)
     return Result(codes.label, codes.bits, codes.seconds, codes.default_t, share, found_at, test_d, test_j)
+
+
+def view_row(codes: Codes, label: str, name: str, method: str, hash_size: int, train, copies, originals,
+             fit=None, seconds: float = 0.0) -> Result:
+    """``codes`` (the own codes) with ``views=name``: the library's ``view_codes`` of the training
+    files and the copies (the same method, size and fit), evaluated by :func:`evaluate_views`."""
+    from torch_dedup.hashing import view_codes
+
+    t0 = time.perf_counter()
+    tv, _, _ = view_codes(list(train), name, method, hash_size, fit=fit)
+    cv, _, _ = view_codes(list(copies), name, method, hash_size, fit=fit)
+    return evaluate_views(codes, tv, cv, originals, label, seconds + time.perf_counter() - t0)
 
 
 def evaluate_views(codes: Codes, train_views: np.ndarray, copy_views: np.ndarray, originals: np.ndarray,
@@ -598,8 +615,9 @@ def main(argv=None) -> list[Result]:
     ap.add_argument("--seed", type=int, default=0, help="seed of the choice and the edits (default 0)")
     ap.add_argument("--methods", default=None,
                     help="comma-separated labels to run (default all: " + ", ".join(m[0] for m in METHODS)
+                    + f", {PHASH_VIEWS}"
                     + f", and {COLOUR_DCT}, {COLOUR_DCT_512}, {COLOUR_DCT_1024}, {COLOUR_DCT_COSINE}, "
-                    f"{COLOUR_DCT_VIEWS} when "
+                    f"{COLOUR_DCT_VIEWS}, {COLOUR_DCT_VIEWS_ROT} when "
                     "torch_dedup.hashing.colour_dct exists)")
     ap.add_argument("--out", type=Path, required=True, help="folder for edits.csv, results.md and the gallery (created)")
     args = ap.parse_args(argv)
@@ -644,28 +662,36 @@ def _run(args, tmp: Path) -> list[Result]:
         print("torch_dedup.hashing.colour_dct not found in this checkout: colour_dct skipped", flush=True)
     results = []
     for label, method, size in METHODS:
-        if wanted is None or label in wanted:
-            results.append(evaluate(hash_method(label, method, size, train, test, copy_paths), originals))
-            print(f"  {label}: hashed in {results[-1].seconds:.1f} s", flush=True)
-    dct_labels = [lab for lab in (COLOUR_DCT, COLOUR_DCT_512, COLOUR_DCT_1024, COLOUR_DCT_COSINE, COLOUR_DCT_VIEWS)
-                  if wanted is None or lab in wanted]
+        with_views = label == "phash 256" and (wanted is None or PHASH_VIEWS in wanted)
+        if wanted is None or label in wanted or with_views:
+            codes = hash_method(label, method, size, train, test, copy_paths)
+            if wanted is None or label in wanted:
+                results.append(evaluate(codes, originals))
+                print(f"  {label}: hashed in {results[-1].seconds:.1f} s", flush=True)
+            if with_views:
+                results.append(view_row(codes, PHASH_VIEWS, "shift", method, size, train, copy_paths, originals,
+                                        seconds=codes.seconds))
+                print(f"  {PHASH_VIEWS}: hashed with its views in {results[-1].seconds:.1f} s", flush=True)
+    dct_labels = [lab for lab in (COLOUR_DCT, COLOUR_DCT_512, COLOUR_DCT_1024, COLOUR_DCT_COSINE, COLOUR_DCT_VIEWS,
+                                  COLOUR_DCT_VIEWS_ROT) if wanted is None or lab in wanted]
     if mod is not None and dct_labels:
         bits = tuple(b for b, lab in ((256, COLOUR_DCT), (512, COLOUR_DCT_512), (1024, COLOUR_DCT_1024))
                      if lab in dct_labels) or (256,)
-        if COLOUR_DCT_VIEWS in dct_labels and 256 not in bits:
+        view_sets = [(lab, name) for lab, name in ((COLOUR_DCT_VIEWS, "shift"), (COLOUR_DCT_VIEWS_ROT, "shift+rotate"))
+                     if lab in dct_labels]
+        if view_sets and 256 not in bits:
             bits = (256, *bits)
-        run = hash_colour_dct(mod, train, test, copy_paths, seed=args.seed, bits=bits,
-                              views=COLOUR_DCT_VIEWS in dct_labels)
+        run = hash_colour_dct(mod, train, test, copy_paths, seed=args.seed, bits=bits)
         print(f"  colour_dct: fit_colour_dct_images on {run.n_fit} images in {run.fit_seconds:.1f} s", flush=True)
         for codes in run.codes:
             if codes.label in dct_labels:
                 results.append(evaluate(codes, originals))
                 print(f"  {codes.label}: features, fit and codes in {codes.seconds:.1f} s", flush=True)
-        if run.views is not None:
+        for lab, name in view_sets:
             base = next(c for c in run.codes if c.bits == 256)
-            results.append(evaluate_views(base, run.views[0], run.views[1], originals, COLOUR_DCT_VIEWS,
-                                          run.views[2]))
-            print(f"  {COLOUR_DCT_VIEWS}: features, views, fit and codes in {run.views[2]:.1f} s", flush=True)
+            results.append(view_row(base, lab, name, "colour_dct", 16, train, copy_paths, originals, fit=run.fit256,
+                                    seconds=base.seconds))
+            print(f"  {lab}: features, fit, codes and views in {results[-1].seconds:.1f} s", flush=True)
         if COLOUR_DCT_COSINE in dct_labels and run.whitened is not None:
             t = run.codes[0]
             results.append(evaluate_cosine(run.whitened, originals, t.seconds,

@@ -61,8 +61,10 @@ def _reference_features(arrays: list[np.ndarray]) -> np.ndarray:
 
 def test_view_sets_and_count():
     assert VIEWS_VERSION == "views/1"
-    assert list(VIEW_SETS) == ["shift"]
-    assert view_count("shift") == 9
+    assert list(VIEW_SETS) == ["shift", "shift+rotate"]
+    assert view_count("shift") == 9 and view_count("shift+rotate") == 13
+    assert [v[0] for v in VIEW_SETS["shift+rotate"]] == ["shift"] * 8 + ["crop"] + ["rotate"] * 4
+    assert [v[1] for v in VIEW_SETS["shift+rotate"][9:]] == [4.0, -4.0, 8.0, -8.0]
     assert [d[1:3] for d in VIEW_SETS["shift"][:8]] == SHIFTS
     assert VIEW_SETS["shift"][8][0] == "crop"
     with pytest.raises(ValueError, match="'shift'"):
@@ -219,3 +221,65 @@ def test_bad_inputs_and_arguments_raise_value_error(images):
         colour_dct_view_features(images, "nope")
     feats, valid, failures = colour_dct_view_features([])
     assert feats.shape == (0, 9, 133) and valid.shape == (0,) and failures == ()
+
+
+def test_shift_rotate_views_match_pil_and_the_bench_reference():
+    import sys
+    from pathlib import Path
+
+    from PIL import Image
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
+    import bench_neardup
+
+    rng = np.random.default_rng(7)
+    a = rng.integers(0, 256, (32, 32, 3), dtype=np.uint8)
+    views = image_views(a, "shift+rotate")
+    shifts = [(dx, dy) for dx in (-1, 0, 1) for dy in (-1, 0, 1) if (dx, dy) != (0, 0)]
+    for v, (dx, dy) in zip(views[:8], shifts):
+        np.testing.assert_array_equal(v, np.asarray(bench_neardup._shift(Image.fromarray(a), 3 * dx, 3 * dy)))
+    np.testing.assert_array_equal(views[8], a[1:30, 1:30])
+    fill = tuple(int(x) for x in a.reshape(-1, 3).mean(0))
+    for v, deg in zip(views[9:], (4.0, -4.0, 8.0, -8.0)):
+        want = np.asarray(Image.fromarray(a).rotate(deg, Image.Resampling.BICUBIC, fillcolor=fill))
+        np.testing.assert_array_equal(v, want)
+    g = rng.integers(0, 256, (20, 24, 1), dtype=np.uint8)
+    gv = image_views(g, "shift+rotate")[-1]
+    want = np.asarray(Image.fromarray(g[:, :, 0]).rotate(-8.0, Image.Resampling.BICUBIC, fillcolor=int(g.mean())))
+    np.testing.assert_array_equal(gv[:, :, 0], want)
+    stack = rng.integers(0, 256, (3, 32, 32, 3), dtype=np.uint8)
+    for k, sv in enumerate(stack_views(stack, "shift+rotate")):
+        for i in range(3):
+            np.testing.assert_array_equal(sv[i], image_views(stack[i], "shift+rotate")[k])
+
+
+@pytest.mark.parametrize("method,hash_size", [("phash", 8), ("phash", 16), ("phash+dhash", 8), ("whash", 8)])
+def test_view_codes_are_hash_array_of_each_view(method, hash_size, tmp_path):
+    from PIL import Image
+
+    from torch_dedup.hashing import hash_array, view_codes
+
+    rng = np.random.default_rng(3)
+    stack = rng.integers(0, 256, (5, 32, 32, 3), dtype=np.uint8)
+    paths = []
+    for i, a in enumerate(stack):
+        paths.append(str(tmp_path / f"{i}.png"))
+        Image.fromarray(a).save(paths[-1])
+    for images in (stack, paths):
+        codes, valid, failures = view_codes(images, "shift", method, hash_size)
+        assert valid.all() and failures == () and codes.shape[:2] == (5, 9)
+        for k, v in enumerate(stack_views(stack, "shift")):
+            want = hash_array(v, method, hash_size).reshape(5, -1)
+            np.testing.assert_array_equal(codes[:, k], want)
+
+
+def test_view_codes_of_colour_dct_are_its_fit_on_the_view_features():
+    from torch_dedup.hashing import fit_colour_dct, view_codes
+
+    rng = np.random.default_rng(4)
+    stack = rng.integers(0, 256, (40, 32, 32, 3), dtype=np.uint8)
+    feats, _, _ = colour_dct_view_features(stack, "shift+rotate")
+    fit = fit_colour_dct(feats[:, 0], bits=256)
+    codes, _, _ = view_codes(stack, "shift+rotate", "colour_dct", 16, fit=fit)
+    np.testing.assert_array_equal(codes, fit.codes(feats.reshape(-1, feats.shape[2])).reshape(40, 13, 4))
+    with pytest.raises(ValueError, match="needs fit="):
+        view_codes(stack, "shift", "colour_dct", 16)

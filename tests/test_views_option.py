@@ -122,7 +122,7 @@ def test_a_subset_and_the_sampler_follow_the_views_plan(folders, tmp_path):
 
 
 @pytest.mark.parametrize("kwargs,match", [
-    (dict(views="shift"), "views='shift' applies to method='colour_dct'"),
+    (dict(views="shift", fast_decode=True), "does not take fast_decode=True"),
     (dict(method="colour_dct", hash_size=16, views="wobble"), "shift"),
     (dict(method="colour_dct", hash_size=16, views="shift", sweep_max=30), "sweep_max"),
     (dict(method="colour_dct", hash_size=16, views="shift", leak_pairs=True), "leak_pairs"),
@@ -130,3 +130,23 @@ def test_a_subset_and_the_sampler_follow_the_views_plan(folders, tmp_path):
 def test_views_options_are_checked(kwargs, match):
     with pytest.raises(ValueError, match=match):
         DedupOptions(**kwargs)
+
+
+@pytest.mark.parametrize("method,hash_size,name", [("phash", 16, "shift"), ("phash+dhash", 8, "shift+rotate")])
+def test_views_of_an_imagehash_method_plan_like_codes_made_by_hand(folders, tmp_path, method, hash_size, name):
+    from torch_dedup.hashing import view_codes
+
+    train, test = ImageFolder(folders / "train"), ImageFolder(folders / "test")
+    opts = DedupOptions(method=method, hash_size=hash_size, threshold=20, views=name, against=test,
+                        cache_dir=tmp_path, progress=False, on_error="skip")
+    plan = plan_dataset(train, options=opts, distributed=False)
+    own = hash_dataset(train, method, hash_size, cache_dir=tmp_path, progress=False, on_error="skip")
+    views, ok, _ = view_codes([p for p, _ in train.samples], name, method, hash_size, on_error="skip")
+    other = hash_dataset(test, method, hash_size, cache_dir=tmp_path, progress=False)
+    want = find_duplicates_views(own.hashes, views, 20, labels=np.array(train.targets), against=other.hashes,
+                                 valid=own.valid & ok)
+    for f in ("keep", "representative", "distance_to_rep", "leaked", "leaks", "failed"):
+        np.testing.assert_array_equal(getattr(plan, f), getattr(want, f), err_msg=f)
+    assert plan.settings["views"] == (9 if name == "shift" else 13) and plan.settings["method"] == method
+    again = plan_dataset(train, options=opts, distributed=False)
+    assert again.provenance["views_from_cache"] and np.array_equal(again.keep, plan.keep)

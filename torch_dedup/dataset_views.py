@@ -1,8 +1,8 @@
-"""A dataset's view codes: the colour_dct codes of K views of every item, made once and cached (layer 3).
+"""A dataset's view codes: the codes of K views of every item, made once and cached (layer 3).
 
-``plan_dataset(ds, method="colour_dct", views="shift")`` gives every item, besides its own
-code, the codes of its views (shifted and cropped versions, :mod:`torch_dedup.hashing.views`)
-coded with the dataset's fit, and plans with
+``plan_dataset(ds, method=M, views="shift")`` gives every item, besides its own code, the
+codes of its views (shifted, cropped or rotated versions, :mod:`torch_dedup.hashing.views`)
+with the same method (and, for ``colour_dct``, the dataset's fit), and plans with
 :func:`~torch_dedup.hamming.views.find_duplicates_views`: a copy shifted by a few pixels or
 cropped is near one of the original's views though far from its own code. The view codes are
 stored in a checked file beside the sidecars, keyed on the source's fingerprint, the fit's
@@ -22,7 +22,8 @@ import numpy as np
 
 from ._store import read_store, write_store
 from .errors import ImageDecodeError, StoreError
-from .hashing.views import VIEWS_VERSION, colour_dct_view_features, view_count
+from ._checks import method_bits
+from .hashing.views import VIEWS_VERSION, view_codes, view_count
 from .options import DedupOptions
 from .sidecar import hash_environment, sidecar_file
 from .sources import ImageSource, source_of
@@ -61,7 +62,7 @@ def view_file_for(source: ImageSource, options: DedupOptions) -> Path | None:
     """Where the view codes of ``source`` for ``options`` are stored (``None``: not cached)."""
     if options.cache_dir is False or source.fingerprint is None:
         return None
-    key = "\0".join((source.fingerprint, options.method, str(options.hash_size), options.fit.fingerprint,
+    key = "\0".join((source.fingerprint, options.method, str(options.hash_size), _fit_id(options),
                      str(options.views), VIEWS_VERSION))
     digest = hashlib.blake2b(key.encode("utf-8"), digest_size=10).hexdigest()
     name = f"{options.method}{options.hash_size}-{options.views}-views-{digest}{VIEW_SUFFIX}"
@@ -69,9 +70,13 @@ def view_file_for(source: ImageSource, options: DedupOptions) -> Path | None:
     return sidecar_file(name, source.root, cache_dir, class_folders=source.class_folders)
 
 
+def _fit_id(options: DedupOptions) -> str:
+    return "none" if options.fit is None else options.fit.fingerprint
+
+
 def _expect(source: ImageSource, options: DedupOptions) -> dict:
     return {"fingerprint": source.fingerprint, "method": options.method, "hash_size": options.hash_size,
-            "fit": options.fit.fingerprint, "views": options.views, "views_version": VIEWS_VERSION,
+            "fit": _fit_id(options), "views": options.views, "views_version": VIEWS_VERSION,
             "count": source.n, "hash_env": hash_environment()}
 
 
@@ -84,7 +89,7 @@ def _load(path: Path | None, source: ImageSource, options: DedupOptions) -> Data
             if meta.get(key) != want:
                 raise StoreError(str(path), f"stale: {key} is {meta.get(key)!r}, expected {want!r}")
         codes, valid = arrays["codes"], arrays["valid"].astype(bool)
-        words = -(-options.fit.bits // 64)
+        words = -(-method_bits(options.method, options.hash_size) // 64)
         if codes.shape != (source.n, view_count(options.views), words) or valid.shape != (source.n,):
             raise StoreError(str(path), f"arrays of shape {codes.shape} / {valid.shape} do not fit {source.n} items")
         if meta.get("on_error") == "skip" and options.on_error == "raise" and not valid.all():
@@ -128,7 +133,7 @@ def dataset_views(ds, options: DedupOptions) -> DatasetViews:
 
     Args:
         ds: the map-style dataset.
-        options: ``method="colour_dct"`` with its ``fit`` and ``views``; ``cache_dir``,
+        options: ``views`` set, the method (``colour_dct`` with its ``fit`` made); ``cache_dir``,
             ``refresh``, ``on_error``, ``image_fn``, ``fingerprint``, ``progress`` as for hashing.
 
     Returns:
@@ -138,8 +143,9 @@ def dataset_views(ds, options: DedupOptions) -> DatasetViews:
         ImageDecodeError: an unreadable item with ``on_error="raise"``.
         ValueError: ``options`` without ``views`` or without a fit.
     """
-    if options.views is None or options.fit is None:
-        raise ValueError("dataset_views needs options with views= and the dataset's fit= (plan_dataset makes it)")
+    if options.views is None or (options.method == "colour_dct" and options.fit is None):
+        raise ValueError("dataset_views needs options with views= (and for colour_dct the dataset's fit=, which "
+                         "plan_dataset makes)")
     source = source_of(ds, options.image_fn, fingerprint=options.fingerprint)
     path = view_file_for(source, options)
     found = None if options.refresh else _load(path, source, options)
@@ -147,7 +153,7 @@ def dataset_views(ds, options: DedupOptions) -> DatasetViews:
         logger.debug("view codes hit: %s", path)
         return found
     k = view_count(options.views)
-    words = -(-options.fit.bits // 64)
+    words = -(-method_bits(options.method, options.hash_size) // 64)
     codes = np.zeros((source.n, k, words), np.uint64)
     valid = np.zeros(source.n, bool)
     failures: list = []
@@ -157,15 +163,13 @@ def dataset_views(ds, options: DedupOptions) -> DatasetViews:
         if not len(pos):
             continue
         try:
-            feats, ok, fails = colour_dct_view_features(items, options.views, on_error=options.on_error,
-                                                        progress=options.progress and source.n >= 1000)
+            got, ok, fails = view_codes(items, options.views, options.method, options.hash_size, fit=options.fit,
+                                        on_error=options.on_error, progress=options.progress and source.n >= 1000)
         except ImageDecodeError as exc:  # its index counts in this batch: make it the dataset's
             if exc.index is None:
                 raise
             raise ImageDecodeError(_named(exc.source, exc.index, pos), exc.reason, int(pos[exc.index])) from exc
-        if ok.any():
-            flat = feats[ok].reshape(-1, feats.shape[-1])
-            codes[pos[ok]] = options.fit.codes(flat).reshape(int(ok.sum()), k, words)
+        codes[pos] = got
         valid[pos] = ok
         failures += [(int(pos[i]), _named(s, i, pos), r) for i, s, r in fails]
     failures.sort(key=lambda f: f[0])

@@ -72,12 +72,13 @@ class DedupOptions:
             ``threshold`` counts bits of that fused code (docs/embeddings.md, "Fusion").
         embed_bits: the embedding part's code length with ``fuse=True`` (a multiple of 64
             in [64, 1024]; default 256).
-        views: with ``method="colour_dct"``, ``"shift"`` gives every item the codes of 9
-            views of it too (8 shifts by 1/16 of the side, a 10 % centre crop): two items'
-            distance is the smallest between one's own code and the other's own code or
-            views, so copies shifted or cropped a little are found (docs/hashing.md,
-            "Views"). About 10x the feature work; one process (not under DDP); no
-            ``sweep_max`` or ``leak_pairs``.
+        views: ``"shift"`` gives every item the codes of 9 views of it too (8 shifts by
+            1/16 of the side, a 10 % centre crop; ``"shift+rotate"``: 8 shifts by 3/32, the
+            crop and 4 small rotations), with the same method: two items' distance is the
+            smallest between one's own code and the other's own code or views, so copies
+            shifted, cropped or turned a little are found (docs/hashing.md, "Views"). About
+            10x the hashing work after the decode; one process (not under DDP); no
+            ``sweep_max``, ``leak_pairs``, ``fast_decode`` or ``embed``.
         fit: for ``method="colour_dct"``, the :class:`~torch_dedup.hashing.ColourDctFit`
             to code with; ``None`` (default) fits on the dataset once and stores the fit
             beside its sidecars (``against=`` sets are always coded with the dataset's fit).
@@ -180,11 +181,10 @@ class DedupOptions:
                              f"images fully (its fit and codes are made from exact pixels). Drop fast_decode.")
         if self.views is not None:
             view_count(self.views)  # a known view set, or the names
-            if self.method != "colour_dct" or self.embed is not None:
-                raise ValueError(f"views={self.views!r} applies to method='colour_dct' (its views are coded with the "
-                                 f"dataset's fit), got method={self.method!r}"
-                                 f"{' with embed=' if self.embed is not None else ''}; pass method='colour_dct', "
-                                 f"hash_size=16, or drop views=")
+            if self.embed is not None or self.fast_decode:
+                raise ValueError(f"views={self.views!r} codes views of the images with method={self.method!r}; it "
+                                 f"does not take {'embed=' if self.embed is not None else 'fast_decode=True'} (views "
+                                 f"are made from fully decoded pixels). Drop one of them.")
             if self.sweep_max is not None or self.leak_pairs:
                 raise ValueError("views= plans with each item's views, which the threshold sweep (sweep_max=) and "
                                  "leak_pairs= do not take yet; drop them, or drop views= to sweep the own codes")

@@ -33,7 +33,8 @@ from torch_dedup.hashing.colour_dct import (
     colour_dct_features,
 )
 
-__all__ = ["VIEWS_VERSION", "VIEW_SETS", "colour_dct_view_features", "image_views", "stack_views", "view_count"]
+__all__ = ["VIEWS_VERSION", "VIEW_SETS", "colour_dct_view_features", "image_views", "stack_views", "view_codes",
+           "view_count"]
 
 #: Names the view definitions of :data:`VIEW_SETS` (kinds, order, amounts, rounding, fill).
 #: Stored with every cache of view codes; it changes whenever a view's pixels could change.
@@ -52,10 +53,17 @@ _CROP_KEEP = 0.9
 #: pixels, not resized.
 #: ``"shift"``: the 8 shifts ``(dx, dy)`` in ``{-1, 0, 1}^2`` minus ``(0, 0)``, in this order
 #: (dx, then dy, ascending), then the centre crop.
+#: ``("rotate", degrees)`` turns the image about its centre (Pillow's ``rotate``, bicubic, the
+#: same size, the corners filled with the image's mean colour, truncated to integers).
+#: ``"shift+rotate"``: the 8 shifts by 3/32 of the side (3 px on 32x32), the centre crop, then
+#: rotations by +4, -4, +8 and -8 degrees (13 views).
 VIEW_SETS: dict[str, tuple] = {
     "shift": tuple(("shift", dx, dy, _SHIFT_FRACTION)
                    for dx in (-1, 0, 1) for dy in (-1, 0, 1) if (dx, dy) != (0, 0))
              + (("crop", _CROP_KEEP),),
+    "shift+rotate": tuple(("shift", dx, dy, 3 / 32)
+                          for dx in (-1, 0, 1) for dy in (-1, 0, 1) if (dx, dy) != (0, 0))
+                    + (("crop", _CROP_KEEP), ("rotate", 4.0), ("rotate", -4.0), ("rotate", 8.0), ("rotate", -8.0)),
 }
 
 
@@ -103,6 +111,15 @@ def _one_view(stack: np.ndarray, view: tuple) -> np.ndarray:
         ch, cw = round(keep * h), round(keep * w)
         y0, x0 = (h - ch) // 2, (w - cw) // 2
         return np.ascontiguousarray(stack[:, y0:y0 + ch, x0:x0 + cw])
+    if kind == "rotate":
+        out = np.empty_like(stack)
+        for i in range(len(stack)):
+            img = stack[i]
+            fill = tuple(int(v) for v in img.reshape(-1, img.shape[2]).mean(axis=0))
+            pil = Image.fromarray(img[:, :, 0] if img.shape[2] == 1 else img)
+            turned = pil.rotate(view[1], Image.Resampling.BICUBIC, fillcolor=fill[0] if len(fill) == 1 else fill)
+            out[i] = np.asarray(turned).reshape(img.shape)
+        return out
     raise ValueError(f"unknown view kind {kind!r} in {view!r}")  # only a broken VIEW_SETS gets here
 
 
@@ -171,13 +188,13 @@ def stack_views(stack: np.ndarray, name: str = "shift") -> list[np.ndarray]:
     return [_one_view(stack, view) for view in definitions]
 
 
-def _stack_view_features(stack: np.ndarray, definitions: tuple, out: np.ndarray) -> None:
-    """Features of the views of a ``(n, H, W, C)`` stack (C 1 or 3) into ``out`` ``(n, K, D)``.
+def _stack_view_rows(stack: np.ndarray, definitions: tuple, fn, out: np.ndarray) -> None:
+    """``fn`` of each view stack of a ``(n, H, W, C)`` stack (C 1 or 3) into ``out`` ``(n, K, width)``.
 
     One view stack at a time: at most the stack and one of its views are held.
     """
     for k, view in enumerate(definitions):
-        out[:, k] = colour_dct_features(_one_view(stack, view))
+        out[:, k] = np.asarray(fn(_one_view(stack, view))).reshape(len(stack), -1)
 
 
 def colour_dct_view_features(images, name: str = "shift", *, on_error: str = "raise", progress: bool = False,
@@ -215,6 +232,52 @@ def colour_dct_view_features(images, name: str = "shift", *, on_error: str = "ra
         >>> feats.shape, valid.tolist(), failures
         ((2, 9, 133), [True, True], ())
     """
+    return _per_view(images, name, on_error, progress, batch_size, COLOUR_DCT_DIMS, np.float32,
+                     colour_dct_features, "colour_dct view features", "colour_dct_view_features")
+
+
+def view_codes(images, name: str = "shift", method: str = "phash", hash_size: int = 8, *, fit=None,
+               on_error: str = "raise", progress: bool = False,
+               batch_size: int = 1024) -> tuple[np.ndarray, np.ndarray, tuple]:
+    """The codes of the views of each image, with any method.
+
+    Code ``k`` of item ``i`` is, bit for bit, ``hash_array(view_k, method, hash_size, fit=fit)``
+    of view ``k`` of item ``i`` (:func:`image_views`; for ``colour_dct`` the same as
+    ``fit.codes(colour_dct_view_features(...))``). Each item's pixels are read once, as
+    :func:`colour_dct_view_features` reads them (RGB, or grey for grey modes).
+
+    Args:
+        images: as :func:`colour_dct_view_features`.
+        name: the view set, a key of :data:`VIEW_SETS`.
+        method, hash_size, fit: as :func:`~torch_dedup.hashing.hash_array`.
+        on_error, progress, batch_size: as :func:`colour_dct_view_features`.
+
+    Returns:
+        ``(codes, valid, failures)``: ``uint64`` ``(N, K, W)`` (``W`` words per code; rows of
+        skipped items 0), ``bool`` ``(N,)``, and ``(index, source, reason)`` per skipped item.
+
+    Raises:
+        ValueError: a bad argument or input.
+        ImageDecodeError: with ``on_error="raise"``, an item could not be decoded.
+
+    Example:
+        >>> import numpy as np
+        >>> codes, valid, _ = view_codes(np.zeros((2, 32, 32), np.uint8), "shift", "phash", 16)
+        >>> codes.shape, codes.dtype
+        ((2, 9, 4), dtype('uint64'))
+    """
+    from torch_dedup._checks import method_bits
+
+    from .api import hash_array
+
+    hash_array(np.zeros((1, 8, 8), np.uint8), method, hash_size, fit=fit)  # checks method, size and fit first
+    words = -(-method_bits(method, hash_size) // 64)
+    return _per_view(images, name, on_error, progress, batch_size, words, np.uint64,
+                     lambda v: hash_array(v, method, hash_size, fit=fit), f"{method} view codes", "view_codes")
+
+
+def _per_view(images, name, on_error, progress, batch_size, width, dtype, fn, desc, caller):
+    """``(out (N, K, width), valid, failures)``: ``fn`` of every view stack of ``images``."""
     definitions = _definitions(name)
     check_on_error(on_error)
     check_bool("progress", progress)
@@ -222,7 +285,6 @@ def colour_dct_view_features(images, name: str = "shift", *, on_error: str = "ra
     from tqdm.auto import tqdm
 
     k = len(definitions)
-    desc = "colour_dct view features"
     if isinstance(images, np.ndarray) or is_torch_tensor(images):
         tensor = is_torch_tensor(images)
         if tensor:
@@ -235,7 +297,7 @@ def colour_dct_view_features(images, name: str = "shift", *, on_error: str = "ra
             n, shape = images.shape[0], images.shape
         if n and 0 in shape[1:3]:
             raise ValueError(f"images has an empty image shape {tuple(shape)}")
-        feats = np.zeros((n, k, COLOUR_DCT_DIMS), dtype=np.float32)
+        feats = np.zeros((n, k, width), dtype=dtype)
         with tqdm(total=n, disable=not progress, desc=desc, unit="img") as bar:
             for start in range(0, n, batch_size):
                 stop = min(n, start + batch_size)
@@ -243,15 +305,15 @@ def colour_dct_view_features(images, name: str = "shift", *, on_error: str = "ra
                         else images[start:stop])
                 if part.ndim == 3:
                     part = part[..., None]
-                _stack_view_features(_channels(part), definitions, feats[start:stop])
+                _stack_view_rows(_channels(part), definitions, fn, feats[start:stop])
                 bar.update(stop - start)
         return feats, np.ones(n, dtype=bool), ()
     if isinstance(images, (str, bytes, os.PathLike, Image.Image)):
         raise ValueError(f"images must be a sequence of images or a stacked array, got a single "  # noqa: TRY004 - as colour_dct
-                         f"{type(images).__name__}; wrap it in a list: colour_dct_view_features([image])")
+                         f"{type(images).__name__}; wrap it in a list: {caller}([image])")
     items = list(images)
     n = len(items)
-    feats = np.zeros((n, k, COLOUR_DCT_DIMS), dtype=np.float32)
+    feats = np.zeros((n, k, width), dtype=dtype)
     valid = np.ones(n, dtype=bool)
     failures: list[tuple[int, str, str]] = []
     with tqdm(total=n, disable=not progress, desc=desc, unit="img") as bar:
@@ -273,8 +335,8 @@ def colour_dct_view_features(images, name: str = "shift", *, on_error: str = "ra
                 idx = np.array([i for i, _ in group], dtype=np.int64)
                 stack = np.stack([p for _, p in group])
                 del group
-                part = np.zeros((len(idx), k, COLOUR_DCT_DIMS), dtype=np.float32)
-                _stack_view_features(stack, definitions, part)
+                part = np.zeros((len(idx), k, width), dtype=dtype)
+                _stack_view_rows(stack, definitions, fn, part)
                 feats[idx] = part
                 del stack
             bar.update(stop - start)
