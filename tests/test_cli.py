@@ -405,3 +405,41 @@ def test_help_lists_every_subcommand_and_the_exit_codes():
     for cmd in commands:
         assert f"\n    {cmd} " in text, cmd
     assert "3 leak gate exceeded" in " ".join(text.split())
+
+
+# --------------------------------------------------------------------------- leak with colour_dct and views
+@pytest.fixture(scope="module")
+def shifted_leak(tmp_path_factory):
+    """train/ and test/ folders of smooth colour images; test/b/zz_leak.png is train/a/03.png shifted 2 px."""
+    rng = np.random.default_rng(5)
+    root = tmp_path_factory.mktemp("shifted_leak")
+
+    def smooth():
+        small = Image.fromarray(rng.integers(0, 256, (5, 5, 3), dtype=np.uint8))
+        noise = rng.integers(-10, 11, (32, 32, 3))
+        return np.clip(np.asarray(small.resize((32, 32), Image.Resampling.BICUBIC)) + noise, 0, 255).astype(np.uint8)
+
+    for split in ("train", "test"):
+        for c in "ab":
+            (root / split / c).mkdir(parents=True)
+            for i in range(30):
+                Image.fromarray(smooth()).save(root / split / c / f"{i:02d}.png")
+    src = np.pad(np.asarray(Image.open(root / "train" / "a" / "03.png")), ((2, 2), (2, 2), (0, 0)), mode="edge")
+    Image.fromarray(src[2:34, 4:36]).save(root / "test" / "b" / "zz_leak.png")   # content moved 2 px left
+    return root
+
+
+def test_leak_with_colour_dct_codes_test_with_the_train_fit_and_views_find_a_shifted_copy(shifted_leak, tmp_path,
+                                                                                             capsys):
+    common = [str(shifted_leak / "train"), str(shifted_leak / "test"), "--method", "colour_dct", "--hash-size", "16",
+              "-t", "20", "--no-progress", "--cache-dir", str(tmp_path), "--json"]
+    assert main(["leak", *common]) == 0          # (it used to refuse: test coded with its own fit)
+    plain = json.loads(capsys.readouterr().out)
+    assert main(["leak", *common, "--views", "shift"]) == 0
+    views = json.loads(capsys.readouterr().out)
+    assert plain["contaminated_test"] == 0 and views["contaminated_test"] == 1 and views["leaked_train"] == 1
+    test_i, train_i, d = views["pairs"][0]
+    assert d <= 20 and train_i == 3                        # train/a/03.png (class a: items 0..29)
+    with pytest.raises(SystemExit) as exc:
+        main(["leak", *common, "--views", "nope"])
+    assert exc.value.code == 2 and "invalid choice: 'nope'" in capsys.readouterr().err

@@ -106,8 +106,10 @@ def test_views_plan_equals_the_naive_reference(data):
     against = noisy(data.draw(st.integers(1, 4))) if data.draw(st.booleans()) else None
     valid = rng.random(n) > 0.15
     hh = h[:, 0] if w == 1 and data.draw(st.booleans()) else h
+    sweep_max = data.draw(st.one_of(st.none(), st.integers(0, 8)))
     plan = find_duplicates_views(hh, v if w > 1 else v.reshape(n, k), t, policy=policy, priority=priority,
                                  labels=labels, per_class=per_class, against=against, valid=valid,
+                                 sweep_max=sweep_max, leak_pairs=True,
                                  memory_limit=None if data.draw(st.booleans()) else 1 << 20)
     keep, rep, leak, conflicts = _naive(h, v, t, policy, priority, labels, per_class, against, valid)
     assert plan.keep.tolist() == [keep.get(i, False) for i in range(n)]
@@ -120,9 +122,22 @@ def test_views_plan_equals_the_naive_reference(data):
     assert [int(plan.distance_to_rep[i]) for i in live] == [_item_d(h, v, i, rep[i]) if rep[i] != i else 0
                                                            for i in live]
     assert plan.settings["views"] == k
+    idx = [i for i in range(n) if valid[i]]
+    want_lp = [[i, r, min([_pc(h[i] ^ a_)] + [_pc(v[i, q] ^ a_) for q in range(k)])]
+               for i in idx for r, a_ in enumerate(against if against is not None else [])]
+    assert plan.leak_pairs.tolist() == [x for x in want_lp if x[2] <= t]
+    if sweep_max is None:
+        assert plan.sweep is None and plan.sweep_pairs is None
+    else:
+        kept = [sum(_naive(h, v, s, policy, priority, labels, per_class, against, valid)[0].values())
+                for s in range(sweep_max + 1)]
+        assert plan.sweep.tolist() == kept
+        ds = [_item_d(h, v, i, j) for x, i in enumerate(idx) for j in idx[x + 1:]
+              if not per_class or labels[i] == labels[j]]
+        assert plan.sweep_pairs.tolist() == [sum(d == s for d in ds) for s in range(sweep_max + 1)]
 
 
-def test_views_that_repeat_the_own_code_give_find_duplicates():
+def test_views_that_repeat_the_own_code_give_find_duplicates_sweep_and_leak_pairs_included():
     rng = np.random.default_rng(1)
     h = rng.integers(0, 2**64, (200, 2), dtype=np.uint64)
     h[100:] = h[:100]
@@ -131,9 +146,12 @@ def test_views_that_repeat_the_own_code_give_find_duplicates():
     test = h[:7].copy()
     test[:, 0] ^= np.uint64(1)
     for policy in ("greedy", "components"):
-        a = find_duplicates_views(h, v, 3, policy=policy, against=test, labels=np.arange(200) % 3)
-        b = find_duplicates(h, 3, policy=policy, against=test, labels=np.arange(200) % 3)
-        for f in ("keep", "representative", "distance_to_rep", "leaked", "leaks", "group"):
+        a = find_duplicates_views(h, v, 3, policy=policy, against=test, labels=np.arange(200) % 3, sweep_max=6,
+                                  leak_pairs=True)
+        b = find_duplicates(h, 3, policy=policy, against=test, labels=np.arange(200) % 3, sweep_max=6,
+                            leak_pairs=True)
+        for f in ("keep", "representative", "distance_to_rep", "leaked", "leaks", "group", "sweep", "sweep_pairs",
+                  "leak_pairs"):
             np.testing.assert_array_equal(getattr(a, f), getattr(b, f), err_msg=f)
         assert a.label_conflicts.tolist() == b.label_conflicts.tolist() and len(a.label_conflicts) == 100
         np.testing.assert_array_equal(a.label_conflict_distances, b.label_conflict_distances)

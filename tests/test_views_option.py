@@ -124,8 +124,6 @@ def test_a_subset_and_the_sampler_follow_the_views_plan(folders, tmp_path):
 @pytest.mark.parametrize("kwargs,match", [
     (dict(views="shift", fast_decode=True), "does not take fast_decode=True"),
     (dict(method="colour_dct", hash_size=16, views="wobble"), "shift"),
-    (dict(method="colour_dct", hash_size=16, views="shift", sweep_max=30), "sweep_max"),
-    (dict(method="colour_dct", hash_size=16, views="shift", leak_pairs=True), "leak_pairs"),
 ])
 def test_views_options_are_checked(kwargs, match):
     with pytest.raises(ValueError, match=match):

@@ -78,7 +78,7 @@ class DedupOptions:
             smallest between one's own code and the other's own code or views, so copies
             shifted, cropped or turned a little are found (docs/hashing.md, "Views"). About
             10x the hashing work after the decode; one process (not under DDP); no
-            ``sweep_max``, ``leak_pairs``, ``fast_decode`` or ``embed``.
+            ``fast_decode`` or ``embed``.
         fit: for ``method="colour_dct"``, the :class:`~torch_dedup.hashing.ColourDctFit`
             to code with; ``None`` (default) fits on the dataset once and stores the fit
             beside its sidecars (``against=`` sets are always coded with the dataset's fit).
@@ -185,9 +185,6 @@ class DedupOptions:
                 raise ValueError(f"views={self.views!r} codes views of the images with method={self.method!r}; it "
                                  f"does not take {'embed=' if self.embed is not None else 'fast_decode=True'} (views "
                                  f"are made from fully decoded pixels). Drop one of them.")
-            if self.sweep_max is not None or self.leak_pairs:
-                raise ValueError("views= plans with each item's views, which the threshold sweep (sweep_max=) and "
-                                 "leak_pairs= do not take yet; drop them, or drop views= to sweep the own codes")
         bits = self.bits
         check_threshold(self.threshold, bits, self.method)
         check_choice("policy", self.policy, POLICIES)

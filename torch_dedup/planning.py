@@ -403,13 +403,12 @@ def plan_from_hashes(dh: DatasetHashes, threshold: int = 6, *, policy: str = "gr
                   "against_fingerprints": list(against_fingerprints), "versions": library_versions()}
     settings = {"method": dh.meta["method"], "hash_size": int(dh.meta["hash_size"]), "decode": dh.meta["decode"]}
     if views is not None:
-        if sweep_max is not None or leak_pairs:
-            raise ValueError("views= plans do not take sweep_max= or leak_pairs= yet; drop them, or drop views=")
         provenance.update(views_file=None if views.path is None else str(views.path), views_from_cache=views.from_cache,
                           n_view_failures=len(views.failures))
         return find_duplicates_views(dh.hashes, views.codes, threshold, policy=policy,
                                      priority=_priority_array(priority, n), labels=labels, per_class=per_class,
-                                     against=against, valid=dh.valid & views.valid, provenance=provenance,
+                                     against=against, valid=dh.valid & views.valid, sweep_max=sweep_max,
+                                     leak_pairs=leak_pairs, provenance=provenance,
                                      settings={**settings, "views_name": views.name}, memory_limit=memory_limit)
     return find_duplicates(dh.hashes, threshold, policy=policy, priority=_priority_array(priority, n),
                            labels=labels, per_class=per_class, against=against, valid=dh.valid,

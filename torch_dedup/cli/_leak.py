@@ -10,15 +10,17 @@ from pathlib import Path
 
 import numpy as np
 
+from ..dataset_fits import with_fit
+from ..dataset_hashes import hash_dataset_with
 from ._options import (
     EXIT_LEAK,
     EXIT_OK,
     add_plan_options,
     emit_json,
-    hash_target,
     label_name,
     open_cli_target,
     open_out,
+    options_from_args,
     plan_target,
     write_index_list,
 )
@@ -60,10 +62,12 @@ def _check_args(args) -> None:
 def cmd_leak(args, out) -> int:
     _check_args(args)
     train, test = open_cli_target(args.train), open_cli_target(args.test)
-    test_h = hash_target(args, test)
+    # A fitted method (colour_dct) codes TEST with TRAIN's fit: one space for both sets.
+    fit = with_fit(train.ds, options_from_args(args)).fit
+    test_h = hash_dataset_with(test.ds, options_from_args(args, fit=fit))
     # The leak check is a plan of TRAIN with against=TEST, exactly what DedupSampler(train,
     # against=test) follows: the same removed set, and labels never restrict a leak.
-    plan = plan_target(args, train, against=test_h, leak_pairs=True)
+    plan = plan_target(args, train, against=test_h, leak_pairs=True, fit=fit)
     test_rows = np.flatnonzero(test_h.valid)  # plan rows of `against` -> test item indices
     lp = plan.leak_pairs
     rows = np.stack([test_rows[lp[:, 1]], lp[:, 0], lp[:, 2]], axis=1).reshape(-1, 3).astype(np.int64)

@@ -14,7 +14,9 @@ from typing import Any
 
 import numpy as np
 
-from .._checks import HASH_METHODS as METHODS, check_method
+from .._checks import HASH_METHODS as METHODS
+from .._checks import check_method
+from ..hashing.views import VIEW_SETS
 from ..options import DedupOptions
 from ..plan import POLICIES
 
@@ -90,6 +92,10 @@ def add_plan_options(p: argparse.ArgumentParser, threshold: bool = True, both: b
                    help="greedy: no two kept items within the threshold (default); components: one per chain"
                         + ("; both: the two side by side" if both else ""))
     p.add_argument("--per-class", action="store_true", help="only items with the same label can be duplicates")
+    p.add_argument("--views", choices=sorted(VIEW_SETS), default=None,
+                   help="also code views of every item (shift: 8 small shifts and a centre crop; shift+rotate: "
+                        "also 4 small rotations), so shifted, cropped or turned copies are found; the distance is "
+                        "the smallest over them (docs/hashing.md, 'Views')")
     if threshold:
         p.add_argument("--threshold", "-t", type=int, default=6, help="Hamming threshold (default 6)")
 
@@ -135,6 +141,8 @@ def options_from_args(args, **changes) -> DedupOptions:
         given["policy"] = args.policy
     if hasattr(args, "per_class"):
         given["per_class"] = args.per_class
+    if getattr(args, "views", None) is not None:
+        given["views"] = args.views
     return DedupOptions(**{**given, **changes})
 
 

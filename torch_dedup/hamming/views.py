@@ -16,9 +16,9 @@ item codes are searched among themselves, and the views against the item codes a
 its smallest distance. The keep decision then runs on the same numba kernels as
 :func:`~torch_dedup.hamming.cluster.find_duplicates`, with each item its own key.
 
-What this path does not do, and refuses rather than approximates: the threshold sweep
-(``sweep_max``), ``leak_pairs`` and streaming (the item pairs are held at once and refused
-above ``memory_limit`` with their count).
+The threshold sweep (``sweep_max``) and ``leak_pairs`` are those of ``find_duplicates`` on
+these distances. What this path does not do is stream: the item pairs are held at once, and
+refused above ``memory_limit`` with their count and the fix.
 """
 
 from __future__ import annotations
@@ -27,10 +27,20 @@ import logging
 
 import numpy as np
 
+from .._checks import check_bool
 from ..plan import DedupPlan
 from . import _cluster_kernels as _k
 from . import _key_graph
-from ._key_graph import DEFAULT_MEMORY_LIMIT, _check_memory_limit, _order, _refuse, _validate, _warn_threshold
+from ._key_graph import (
+    _NEVER,
+    DEFAULT_MEMORY_LIMIT,
+    _check_memory_limit,
+    _int_arg,
+    _order,
+    _refuse,
+    _validate,
+    _warn_threshold,
+)
 from .search import hamming_pairs, popcount64
 
 __all__ = ["find_duplicates_views", "view_distances"]
@@ -93,18 +103,20 @@ def _min_pairs(a: np.ndarray, b: np.ndarray, d: np.ndarray, n: int, symmetric: b
 
 
 def find_duplicates_views(hashes, views, threshold=6, *, policy="greedy", priority=None, labels=None,
-                          per_class=False, against=None, valid=None, provenance=None, settings=None,
-                          memory_limit=DEFAULT_MEMORY_LIMIT, workers=None) -> DedupPlan:
+                          per_class=False, against=None, valid=None, sweep_max=None, leak_pairs=False,
+                          provenance=None, settings=None, memory_limit=DEFAULT_MEMORY_LIMIT,
+                          workers=None) -> DedupPlan:
     """:func:`~torch_dedup.hamming.cluster.find_duplicates` for items with several codes each.
 
     Args:
         hashes: ``(N,)``/``(N, W)`` uint64: each item's own code.
         views: ``(N, K)``/``(N, K, W)`` uint64: the codes of K views of each item (rows of
             invalid items are ignored).
-        threshold, policy, priority, labels, per_class, against, valid, provenance,
-        settings: as in ``find_duplicates``; distances are the item distances of this
-            module's docstring. ``label_conflicts`` lists every cross-label *item* pair
-            within the threshold (no grouping by hash value).
+        threshold, policy, priority, labels, per_class, against, valid, sweep_max,
+        leak_pairs, provenance, settings: as in ``find_duplicates``; distances are the item
+            distances of this module's docstring. ``label_conflicts`` lists every
+            cross-label *item* pair within the threshold (no grouping by hash value);
+            ``sweep_pairs`` counts item pairs.
         memory_limit: bytes of pairs held at once (default 1 GiB; ``None``: no limit);
             above it a ValueError gives the count and the fix (this path does not stream).
         workers: search threads (default: the CPUs this process may use).
@@ -124,7 +136,10 @@ def find_duplicates_views(hashes, views, threshold=6, *, policy="greedy", priori
         [True, False, False]
     """
     a = _validate(hashes, threshold, policy, priority, labels, per_class, against, valid)
+    check_bool("leak_pairs", leak_pairs)
     memory_limit = _check_memory_limit(memory_limit)
+    if sweep_max is not None:
+        sweep_max = _int_arg("sweep_max", sweep_max, 0, a.bits)
     if settings is not None and not isinstance(settings, dict):
         raise ValueError(f"settings must be a dict or None, got {type(settings).__name__}")
     if provenance is not None and not isinstance(provenance, dict):
@@ -133,6 +148,7 @@ def find_duplicates_views(hashes, views, threshold=6, *, policy="greedy", priori
     vw = _view_rows(views, n, w)
     n_views = vw.shape[1]
     _warn_threshold("threshold", t, a.bits)
+    search_t = t if sweep_max is None else max(t, sweep_max)
     cap = None if memory_limit is None else memory_limit // _key_graph._PAIR_BYTES
 
     vidx = np.flatnonzero(a.valid).astype(np.int64)
@@ -142,12 +158,12 @@ def find_duplicates_views(hashes, views, threshold=6, *, policy="greedy", priori
     owner = np.repeat(np.arange(nv, dtype=np.int64), n_views)
 
     def search(x, y, what):
-        got = hamming_pairs(x, t, y, workers=workers) if len(x) and (y is None or len(y)) else None
+        got = hamming_pairs(x, search_t, y, workers=workers) if len(x) and (y is None or len(y)) else None
         if got is None:
             e = np.zeros(0, np.int64)
             return e, e, e
         if cap is not None and len(got.distances) > cap:
-            _refuse(what, len(got.distances), True, t, a.bits, memory_limit)
+            _refuse(what, len(got.distances), True, search_t, a.bits, memory_limit)
         return got.pairs[:, 0].astype(np.int64), got.pairs[:, 1].astype(np.int64), got.distances.astype(np.int64)
 
     # item pairs: own codes among themselves, views against the own codes
@@ -160,20 +176,26 @@ def find_duplicates_views(hashes, views, threshold=6, *, policy="greedy", priori
 
     # leaks: own codes and views against `against`, the nearest row per item (lowest row on ties)
     leak_row = np.full(nv, -1, np.int64)
-    leak_d = np.full(nv, -1, np.int64)
+    leak_d = np.full(nv, _NEVER, np.int64)
+    all_leaks = np.zeros((0, 3), np.int64) if leak_pairs else None
     if a.against is not None and len(a.against) and nv:
         ai, ar, ad = search(base, a.against, "leak pairs")
         bi, br, bd = search(vrows, a.against, "leak pairs of views")
-        li = np.concatenate([ai, owner[bi]])
-        lr = np.concatenate([ar, br])
-        ld = np.concatenate([ad, bd])
+        li, lr, ld = _min_pairs(np.concatenate([ai, owner[bi]]), np.concatenate([ar, br]),
+                                np.concatenate([ad, bd]), len(a.against), False)   # one per (item, row)
         order = np.lexsort((lr, ld, li))
-        li, lr, ld = li[order], lr[order], ld[order]
-        first = np.ones(len(li), np.bool_)
-        first[1:] = li[1:] != li[:-1]
-        leak_row[li[first]] = lr[first]
-        leak_d[li[first]] = ld[first]
-    out_local = leak_row >= 0
+        si, sr, sd = li[order], lr[order], ld[order]
+        first = np.ones(len(si), np.bool_)
+        first[1:] = si[1:] != si[:-1]
+        leak_row[si[first]] = sr[first]
+        leak_d[si[first]] = sd[first]
+        if leak_pairs:
+            m = ld <= t                                  # sorted by item, then row
+            if cap is not None and int(m.sum()) > memory_limit // _key_graph._OUT_PAIR_BYTES:
+                _refuse("leak pairs (leak_pairs=True)", int(m.sum()), True, t, a.bits, memory_limit)
+            all_leaks = np.stack([vidx[li[m]], lr[m], ld[m]], axis=1).astype(np.int64).reshape(-1, 3)
+    out_local = leak_d <= t
+    leak_row = np.where(out_local, leak_row, -1)
 
     # labels: conflicts are the cross-label item pairs; per_class keeps only same-label pairs
     dtype_d = np.uint8 if a.bits <= 255 else np.uint16
@@ -182,7 +204,8 @@ def find_duplicates_views(hashes, views, threshold=6, *, policy="greedy", priori
     if a.labels is not None and nv:
         lab = a.labels[vidx]
         same = lab[pi] == lab[pj]
-        ci, cj, cd = vidx[pi[~same]], vidx[pj[~same]], pd[~same]
+        cross = ~same & (pd <= t)
+        ci, cj, cd = vidx[pi[cross]], vidx[pj[cross]], pd[cross]
         o = np.lexsort((cj, ci))
         conflicts, conflict_d = np.stack([ci[o], cj[o]], axis=1).reshape(-1, 2), cd[o].astype(dtype_d)
     if a.per_class:
@@ -194,6 +217,16 @@ def find_duplicates_views(hashes, views, threshold=6, *, policy="greedy", priori
     pos[order_v] = np.arange(nv, dtype=np.int64)
     indptr, nbr, dist = _k.lower_csr(pos[pi], pos[pj], pd.astype(np.int16), nv)
     excluded = out_local[order_v]
+    sweep = sweep_pairs = None
+    if sweep_max is not None:
+        key_class = np.zeros(nv, np.int64)
+        n_classes = 1
+        if a.labels is not None and nv:
+            classes, codes = np.unique(a.labels[vidx], return_inverse=True)
+            key_class, n_classes = codes.reshape(-1)[order_v].astype(np.int64), len(classes)
+        kernel = _k.sweep_greedy if a.policy == "greedy" else _k.sweep_components
+        sweep = kernel(indptr, nbr, dist, leak_d[order_v], key_class, n_classes, sweep_max).sum(axis=1)
+        sweep_pairs = _k.pair_histogram_csr(indptr, nbr, dist, np.ones(nv, np.int64), sweep_max)
     if a.policy == "greedy":
         kept_k, rep_k, rd_k = _k.greedy_keys(indptr, nbr, dist, t, excluded)
         leader = np.where(kept_k, np.arange(nv), rep_k)
@@ -224,13 +257,14 @@ def find_duplicates_views(hashes, views, threshold=6, *, policy="greedy", priori
                      "priority": kind if a.priority is not None else "index", "per_class": a.per_class,
                      "has_labels": a.labels is not None,
                      "against_size": None if a.against is None else len(a.against),
-                     "n_failed": int(n - nv), "sweep_max": None, "views": int(n_views)}
+                     "n_failed": int(n - nv), "sweep_max": sweep_max, "views": int(n_views)}
     base_settings = {**(settings or {}), **base_settings}
     plan = DedupPlan(n=n, threshold=t, policy=a.policy, keep=keep, group=group, representative=rep,
                      distance_to_rep=dist_out, failed=~a.valid, leaked=leaked, labels=a.labels,
                      per_class=a.per_class, label_conflicts=conflicts.astype(np.int64),
                      label_conflict_distances=conflict_d.astype(dtype_d), leaks=leaks.astype(np.int64),
-                     leak_pairs=None, sweep=None, sweep_pairs=None, settings=base_settings,
+                     leak_pairs=all_leaks, sweep=None if sweep is None else sweep.astype(np.int64),
+                     sweep_pairs=sweep_pairs, settings=base_settings,
                      provenance=dict(provenance or {}))
     logger.debug("find_duplicates_views: %d items x %d views, threshold %d, %s: kept %d, leaked %d, failed %d",
                  n, n_views, t, a.policy, plan.n_kept, int(out_local.sum()), n - nv)
