@@ -29,7 +29,8 @@ import numpy as np
 
 from .errors import StoreError
 
-__all__ = ["FORMAT_VERSION", "atomic_write_bytes", "pack_strings", "read_store", "unpack_strings", "write_store"]
+__all__ = ["FORMAT_VERSION", "atomic_write_bytes", "pack_strings", "read_store", "read_store_expecting",
+           "unpack_strings", "write_store"]
 
 MAGIC = b"TORCHDEDUP-STORE"
 FORMAT_VERSION = 1
@@ -205,6 +206,20 @@ def read_store(path: str | os.PathLike, kind: str, error: type[StoreError] = Sto
         if not isinstance(meta, dict):
             raise error(str(path), "header has no meta mapping")
         return meta, arrays
+
+
+def read_store_expecting(path: str | os.PathLike, kind: str, expect: Mapping | None,
+                         error: type[StoreError] = StoreError) -> tuple[dict, dict[str, np.ndarray]]:
+    """:func:`read_store`, then every ``expect`` key must hold its value in the meta.
+
+    Raises:
+        StoreError (or ``error``): as :func:`read_store`, or ``"stale: KEY is X, expected Y"``.
+    """
+    meta, arrays = read_store(path, kind, error)
+    for key, want in dict(expect or {}).items():
+        if meta.get(key) != want:
+            raise error(str(path), f"stale: {key} is {meta.get(key)!r}, expected {want!r}")
+    return meta, arrays
 
 
 def _read_array(f, entry, data_start: int, size: int, path: Path, error) -> np.ndarray:

@@ -31,7 +31,7 @@ from pathlib import Path
 import numpy as np
 
 from ._checks import FITTED_METHODS, method_bits
-from ._store import read_store, write_store
+from ._store import read_store_expecting, write_store
 from .errors import DedupError, StoreError
 from .hashing import read_colour_dct_features
 from .hashing.colour_dct import COLOUR_DCT_VERSION
@@ -98,10 +98,7 @@ def load_fit(path: Path | None, source: ImageSource, options: DedupOptions) -> C
     if path is None or not Path(path).exists():
         return None
     try:
-        meta, arrays = read_store(path, _KIND, StoreError)
-        for key, want in _expect(source, options).items():
-            if meta.get(key) != want:
-                raise StoreError(str(path), f"stale: {key} is {meta.get(key)!r}, expected {want!r}")
+        meta, arrays = read_store_expecting(path, _KIND, _expect(source, options))
         fit = ColourDctFit.from_arrays(arrays, meta["fit"])
     except (StoreError, KeyError, TypeError, ValueError) as exc:
         reason = exc.reason if isinstance(exc, StoreError) else f"{type(exc).__name__}: {exc}"

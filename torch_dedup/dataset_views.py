@@ -20,7 +20,7 @@ from pathlib import Path
 
 import numpy as np
 
-from ._store import read_store, write_store
+from ._store import read_store_expecting, write_store
 from .errors import ImageDecodeError, StoreError
 from ._checks import method_bits
 from .hashing.views import VIEWS_VERSION, view_codes, view_count
@@ -84,10 +84,7 @@ def _load(path: Path | None, source: ImageSource, options: DedupOptions) -> Data
     if path is None or not Path(path).exists():
         return None
     try:
-        meta, arrays = read_store(path, _KIND, StoreError)
-        for key, want in _expect(source, options).items():
-            if meta.get(key) != want:
-                raise StoreError(str(path), f"stale: {key} is {meta.get(key)!r}, expected {want!r}")
+        meta, arrays = read_store_expecting(path, _KIND, _expect(source, options))
         codes, valid = arrays["codes"], arrays["valid"].astype(bool)
         words = -(-method_bits(options.method, options.hash_size) // 64)
         if codes.shape != (source.n, view_count(options.views), words) or valid.shape != (source.n,):

@@ -39,7 +39,7 @@ import torch
 import torch.distributed as dist
 
 from ._checks import check_bool, check_int, check_on_error
-from ._store import pack_strings, read_store, unpack_strings, write_store
+from ._store import pack_strings, read_store_expecting, unpack_strings, write_store
 from .dataset_hashes import DatasetHashes
 from .distributed_hashing import agree
 from .errors import DedupError, EmptyDedupError, ImageDecodeError, SidecarError
@@ -104,10 +104,7 @@ def _read_cache(path: Path, expect: dict):
     if not path.exists():
         return None
     try:
-        meta, arrays = read_store(path, _KIND, SidecarError)
-        for key, value in expect.items():
-            if meta.get(key) != value:
-                raise SidecarError(str(path), f"stale: {key} is {meta.get(key)!r}, expected {value!r}")
+        meta, arrays = read_store_expecting(path, _KIND, expect, SidecarError)
         try:
             emb, valid, index = arrays["embeddings"], arrays["valid"], arrays["failure_index"]
             n = int(meta["count"])

@@ -143,6 +143,21 @@ def _validate(hashes, threshold, policy, priority, labels, per_class, against, v
     return _Args(rows, n, bits, t, policy, priority, labels, bool(per_class), against, valid)
 
 
+def _plan_args(hashes, threshold, policy, priority, labels, per_class, against, valid, sweep_max, leak_pairs,
+               settings, provenance, memory_limit) -> tuple[_Args, int | None, int | None]:
+    """The checked arguments every keep decision takes: ``(args, sweep_max, memory_limit)``."""
+    a = _validate(hashes, threshold, policy, priority, labels, per_class, against, valid)
+    check_bool("leak_pairs", leak_pairs)
+    memory_limit = _check_memory_limit(memory_limit)
+    if sweep_max is not None:
+        sweep_max = _int_arg("sweep_max", sweep_max, 0, a.bits)
+    if settings is not None and not isinstance(settings, dict):
+        raise ValueError(f"settings must be a dict or None, got {type(settings).__name__}")
+    if provenance is not None and not isinstance(provenance, dict):
+        raise ValueError(f"provenance must be a dict or None, got {type(provenance).__name__}")
+    return a, sweep_max, memory_limit
+
+
 def _check_memory_limit(memory_limit) -> int | None:
     if memory_limit is None:
         return None

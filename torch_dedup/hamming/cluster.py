@@ -17,20 +17,18 @@ import numbers
 
 import numpy as np
 
-from .._checks import check_bool, check_choice
+from .._checks import check_choice
 from ..plan import POLICIES, DedupPlan
 from . import _cluster_kernels as _k
 from . import _key_graph
 from ._key_graph import (
     _NEVER,
     DEFAULT_MEMORY_LIMIT,
-    _check_memory_limit,
     _Graph,
     _graph,
-    _int_arg,
     _order,
+    _plan_args,
     _refuse,
-    _validate,
     _warn_threshold,
 )
 from ._search_io import _check_workers, _distance_dtype
@@ -217,15 +215,8 @@ def find_duplicates(hashes, threshold=6, *, policy="greedy", priority=None, labe
         >>> find_duplicates(h, threshold=1, policy="components").kept_indices.tolist()
         [0, 3]
     """
-    a = _validate(hashes, threshold, policy, priority, labels, per_class, against, valid)
-    check_bool("leak_pairs", leak_pairs)
-    memory_limit = _check_memory_limit(memory_limit)
-    if sweep_max is not None:
-        sweep_max = _int_arg("sweep_max", sweep_max, 0, a.bits)
-    if settings is not None and not isinstance(settings, dict):
-        raise ValueError(f"settings must be a dict or None, got {type(settings).__name__}")
-    if provenance is not None and not isinstance(provenance, dict):
-        raise ValueError(f"provenance must be a dict or None, got {type(provenance).__name__}")
+    a, sweep_max, memory_limit = _plan_args(hashes, threshold, policy, priority, labels, per_class, against, valid,
+                                            sweep_max, leak_pairs, settings, provenance, memory_limit)
     n, t = a.n, a.threshold
     _warn_threshold("threshold", t, a.bits)
     search_t = t if sweep_max is None else max(t, sweep_max)

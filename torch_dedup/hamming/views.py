@@ -27,18 +27,15 @@ import logging
 
 import numpy as np
 
-from .._checks import check_bool
 from ..plan import DedupPlan
 from . import _cluster_kernels as _k
 from . import _key_graph
 from ._key_graph import (
     _NEVER,
     DEFAULT_MEMORY_LIMIT,
-    _check_memory_limit,
-    _int_arg,
     _order,
+    _plan_args,
     _refuse,
-    _validate,
     _warn_threshold,
 )
 from .search import hamming_pairs, popcount64
@@ -135,15 +132,8 @@ def find_duplicates_views(hashes, views, threshold=6, *, policy="greedy", priori
         >>> find_duplicates_views(h, v, threshold=1).keep.tolist()  # item 1 is 1 bit from item 0's view
         [True, False, False]
     """
-    a = _validate(hashes, threshold, policy, priority, labels, per_class, against, valid)
-    check_bool("leak_pairs", leak_pairs)
-    memory_limit = _check_memory_limit(memory_limit)
-    if sweep_max is not None:
-        sweep_max = _int_arg("sweep_max", sweep_max, 0, a.bits)
-    if settings is not None and not isinstance(settings, dict):
-        raise ValueError(f"settings must be a dict or None, got {type(settings).__name__}")
-    if provenance is not None and not isinstance(provenance, dict):
-        raise ValueError(f"provenance must be a dict or None, got {type(provenance).__name__}")
+    a, sweep_max, memory_limit = _plan_args(hashes, threshold, policy, priority, labels, per_class, against, valid,
+                                            sweep_max, leak_pairs, settings, provenance, memory_limit)
     n, t, w = a.n, a.threshold, a.rows.shape[1]
     vw = _view_rows(views, n, w)
     n_views = vw.shape[1]

@@ -36,7 +36,7 @@ from pathlib import Path
 import numpy as np
 
 from torch_dedup._checks import FITTED_METHODS
-from torch_dedup._store import read_store, write_store
+from torch_dedup._store import read_store_expecting, write_store
 from torch_dedup.dataset_fits import (
     FIT_SAMPLE,
     FIT_SEED,
@@ -141,10 +141,7 @@ def read_fit_file(path: str | os.PathLike, *, expect: dict | None = None) -> Col
 
 
 def _read(path, expect: dict | None) -> tuple[ColourDctFit, dict]:
-    meta, arrays = read_store(path, _KIND, StoreError)
-    for key, want in dict(expect or {}).items():
-        if meta.get(key) != want:
-            raise StoreError(str(path), f"stale: {key} is {meta.get(key)!r}, expected {want!r}")
+    meta, arrays = read_store_expecting(path, _KIND, expect)
     try:
         return ColourDctFit.from_arrays(arrays, meta["fit"]), meta
     except (KeyError, TypeError, ValueError) as exc:
