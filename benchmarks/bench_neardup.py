@@ -336,12 +336,12 @@ def _popcount(x):
 
 
 @numba.njit(parallel=True, nogil=True, fastmath=False)
-def _nearest(q, idx, skip_a, skip_b, out_d, out_j):
+def _nearest(q, idx, item, skip_a, skip_b, out_d, out_j):
     for i in numba.prange(q.shape[0]):
         best = 1 << 30
         bj = -1
         for j in range(idx.shape[0]):
-            if j == skip_a[i] or j == skip_b[i]:
+            if item[j] == skip_a[i] or item[j] == skip_b[i]:
                 continue
             d = 0
             for w in range(q.shape[1]):
@@ -362,31 +362,18 @@ def nearest(query: np.ndarray, index: np.ndarray, skip_a=None, skip_b=None) -> t
     skip_b = none if skip_b is None else np.asarray(skip_b, dtype=np.int64)
     d = np.empty(n, dtype=np.int64)
     j = np.empty(n, dtype=np.int64)
-    _nearest(np.ascontiguousarray(query), np.ascontiguousarray(index), skip_a, skip_b, d, j)
+    _nearest(np.ascontiguousarray(query), np.ascontiguousarray(index), np.arange(len(index), dtype=np.int64),
+             skip_a, skip_b, d, j)
     return d, j
-
-
-@numba.njit(parallel=True, nogil=True, fastmath=False)
-def _nearest_item(q, idx, item, skip_a, skip_b, out_d):
-    for i in numba.prange(q.shape[0]):
-        best = 1 << 30
-        for j in range(idx.shape[0]):
-            if item[j] == skip_a[i] or item[j] == skip_b[i]:
-                continue
-            d = 0
-            for w in range(q.shape[1]):
-                d += _popcount(q[i, w] ^ idx[j, w])
-            if d < best:
-                best = d
-        out_d[i] = best
 
 
 def nearest_item(query, index, item, skip_a, skip_b) -> np.ndarray:
     """Each query row's smallest Hamming distance over the ``index`` rows whose ``item`` is neither
     ``skip_a[i]`` nor ``skip_b[i]``."""
     d = np.empty(len(query), dtype=np.int64)
-    _nearest_item(np.ascontiguousarray(query), np.ascontiguousarray(index), np.asarray(item, np.int64),
-                  np.asarray(skip_a, np.int64), np.asarray(skip_b, np.int64), d)
+    j = np.empty(len(query), dtype=np.int64)
+    _nearest(np.ascontiguousarray(query), np.ascontiguousarray(index), np.asarray(item, np.int64),
+             np.asarray(skip_a, np.int64), np.asarray(skip_b, np.int64), d, j)
     return d
 
 

@@ -154,21 +154,27 @@ def dataset_views(ds, options: DedupOptions) -> DatasetViews:
     codes = np.zeros((source.n, k, words), np.uint64)
     valid = np.zeros(source.n, bool)
     failures: list = []
-    for start in range(0, source.n, _BATCH):
-        stop = min(source.n, start + _BATCH)
-        items, pos = _items(source, start, stop, options.on_error, failures)
-        if not len(pos):
-            continue
-        try:
-            got, ok, fails = view_codes(items, options.views, options.method, options.hash_size, fit=options.fit,
-                                        on_error=options.on_error, progress=options.progress and source.n >= 1000)
-        except ImageDecodeError as exc:  # its index counts in this batch: make it the dataset's
-            if exc.index is None:
-                raise
-            raise ImageDecodeError(_named(exc.source, exc.index, pos), exc.reason, int(pos[exc.index])) from exc
-        codes[pos] = got
-        valid[pos] = ok
-        failures += [(int(pos[i]), _named(s, i, pos), r) for i, s, r in fails]
+    from tqdm.auto import tqdm
+
+    bar = tqdm(total=source.n, disable=not (options.progress and source.n >= 1000), unit="img",
+               desc=f"{options.method} {options.views} views")
+    with bar:
+        for start in range(0, source.n, _BATCH):
+            stop = min(source.n, start + _BATCH)
+            items, pos = _items(source, start, stop, options.on_error, failures)
+            if len(pos):
+                try:
+                    got, ok, fails = view_codes(items, options.views, options.method, options.hash_size,
+                                                fit=options.fit, on_error=options.on_error)
+                except ImageDecodeError as exc:  # its index counts in this batch: make it the dataset's
+                    if exc.index is None:
+                        raise
+                    raise ImageDecodeError(_named(exc.source, exc.index, pos), exc.reason,
+                                           int(pos[exc.index])) from exc
+                codes[pos] = got
+                valid[pos] = ok
+                failures += [(int(pos[i]), _named(s, i, pos), r) for i, s, r in fails]
+            bar.update(stop - start)
     failures.sort(key=lambda f: f[0])
     written = None
     if path is not None:
