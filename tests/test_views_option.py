@@ -11,6 +11,7 @@ import logging
 
 import numpy as np
 import pytest
+import torch
 from PIL import Image
 from torch.utils.data import Subset
 from torchvision.datasets import ImageFolder
@@ -148,3 +149,31 @@ def test_views_of_an_imagehash_method_plan_like_codes_made_by_hand(folders, tmp_
     assert plan.settings["views"] == (9 if name == "shift" else 13) and plan.settings["method"] == method
     again = plan_dataset(train, options=opts, distributed=False)
     assert again.provenance["views_from_cache"] and np.array_equal(again.keep, plan.keep)
+
+
+def test_views_of_an_items_dataset_name_a_failing_item_by_its_dataset_index(tmp_path):
+    """A dataset read through image_fn (kind "items"): the views come from the same reader, and an
+    item that cannot be read is named by its index in the dataset, not in the batch."""
+    rng = np.random.default_rng(9)
+    images = [Image.fromarray(_smooth(rng)) for _ in range(12)]
+    images[7] = Image.fromarray(_shift(np.asarray(images[2]), 2, 0))   # a shifted copy of item 2
+
+    class Items(torch.utils.data.Dataset):
+        def __len__(self):
+            return 12
+
+        def __getitem__(self, i):
+            return images[i], 0
+
+    def image_fn(i):
+        if i == 10:
+            raise OSError("item 10 is gone")
+        return images[i]
+
+    opts = DedupOptions(method="colour_dct", hash_size=16, threshold=20, views="shift", image_fn=image_fn,
+                        fingerprint="items-v1", cache_dir=tmp_path, progress=False, on_error="skip")
+    plan = plan_dataset(Items(), options=opts, distributed=False)
+    assert plan.failed.tolist() == [i == 10 for i in range(12)]
+    assert not plan.keep[7] and plan.representative[7] == 2
+    with pytest.raises(Exception, match="item 10"):
+        plan_dataset(Items(), options=opts.replace(on_error="raise", refresh=True), distributed=False)
