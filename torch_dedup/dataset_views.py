@@ -28,7 +28,8 @@ from .options import DedupOptions
 from .sidecar import hash_environment, sidecar_file
 from .sources import ImageSource, source_of
 
-__all__ = ["VIEW_SUFFIX", "DatasetViews", "dataset_views", "view_file_for"]
+__all__ = ["VIEW_SUFFIX", "DatasetViews", "dataset_views", "look_up_views", "store_views", "view_codes_range",
+           "view_file_for"]
 
 logger = logging.getLogger(__name__)
 
@@ -125,8 +126,82 @@ def _named(source: str, i: int, pos: np.ndarray) -> str:
     return f"item {int(pos[i])}" if source == f"item {i}" else source
 
 
+def _check(options: DedupOptions) -> None:
+    if options.views is None or (options.method == "colour_dct" and options.fit is None):
+        raise ValueError("dataset_views needs options with views= (and for colour_dct the dataset's fit=, which "
+                         "plan_dataset makes)")
+
+
+def look_up_views(ds, options: DedupOptions) -> tuple[ImageSource, Path | None, DatasetViews | None]:
+    """``(source, file, views)``: the dataset's source, its view codes file, and the codes read from it
+    when current (``None``: compute them)."""
+    _check(options)
+    source = source_of(ds, options.image_fn, fingerprint=options.fingerprint)
+    path = view_file_for(source, options)
+    found = None if options.refresh else _load(path, source, options)
+    if found is not None:
+        logger.debug("view codes hit: %s", path)
+    return source, path, found
+
+
+def view_codes_range(source: ImageSource, options: DedupOptions, start: int, stop: int, progress: bool = False
+                     ) -> tuple[np.ndarray, np.ndarray, list]:
+    """``(codes (stop-start, K, W), valid, failures)`` of items ``start..stop-1`` (failures by dataset index).
+
+    Raises:
+        ImageDecodeError: an unreadable item with ``on_error="raise"`` (named by its dataset index).
+    """
+    k = view_count(options.views)
+    words = -(-method_bits(options.method, options.hash_size) // 64)
+    codes = np.zeros((stop - start, k, words), np.uint64)
+    valid = np.zeros(stop - start, bool)
+    failures: list = []
+    from tqdm.auto import tqdm
+
+    bar = tqdm(total=stop - start, disable=not progress, unit="img", desc=f"{options.method} {options.views} views")
+    with bar:
+        for b0 in range(start, stop, _BATCH):
+            b1 = min(stop, b0 + _BATCH)
+            items, pos = _items(source, b0, b1, options.on_error, failures)
+            if len(pos):
+                try:
+                    got, ok, fails = view_codes(items, options.views, options.method, options.hash_size,
+                                                fit=options.fit, on_error=options.on_error)
+                except ImageDecodeError as exc:  # its index counts in this batch: make it the dataset's
+                    if exc.index is None:
+                        raise
+                    raise ImageDecodeError(_named(exc.source, exc.index, pos), exc.reason,
+                                           int(pos[exc.index])) from exc
+                codes[pos - start] = got
+                valid[pos - start] = ok
+                failures += [(int(pos[i]), _named(s, i, pos), r) for i, s, r in fails]
+            bar.update(b1 - b0)
+    failures.sort(key=lambda f: f[0])
+    return codes, valid, failures
+
+
+def store_views(path: Path | None, source: ImageSource, options: DedupOptions, codes: np.ndarray,
+                valid: np.ndarray, failures: list) -> DatasetViews:
+    """Write the view codes file (a WARNING when it cannot be written) and return the codes."""
+    written = None
+    if path is not None:
+        meta = {**_expect(source, options), "on_error": options.on_error, "source": source.description,
+                "failures": [list(f) for f in failures]}
+        try:
+            written = write_store(path, _KIND, meta, {"codes": codes, "valid": valid.astype(np.uint8)})
+        except OSError as exc:
+            logger.warning("could not write view codes file %s (%s); they will be computed again next time. "
+                           "Pass cache_dir= to a writable folder.", path, exc)
+    logger.debug("view codes of %s: %d items x %d views, %d failed, stored in %s", source.description, source.n,
+                 codes.shape[1], len(failures), written)
+    return DatasetViews(codes, valid, tuple(failures), options.views, written, False)
+
+
 def dataset_views(ds, options: DedupOptions) -> DatasetViews:
     """The view codes of ``ds`` for ``options`` (``views`` set, ``fit`` made): read from the file, or made.
+
+    In this process; :func:`torch_dedup.distributed_hashing.dataset_views_distributed` is the
+    same as a ``torch.distributed`` collective (each rank codes a share).
 
     Args:
         ds: the map-style dataset.
@@ -140,51 +215,9 @@ def dataset_views(ds, options: DedupOptions) -> DatasetViews:
         ImageDecodeError: an unreadable item with ``on_error="raise"``.
         ValueError: ``options`` without ``views`` or without a fit.
     """
-    if options.views is None or (options.method == "colour_dct" and options.fit is None):
-        raise ValueError("dataset_views needs options with views= (and for colour_dct the dataset's fit=, which "
-                         "plan_dataset makes)")
-    source = source_of(ds, options.image_fn, fingerprint=options.fingerprint)
-    path = view_file_for(source, options)
-    found = None if options.refresh else _load(path, source, options)
+    source, path, found = look_up_views(ds, options)
     if found is not None:
-        logger.debug("view codes hit: %s", path)
         return found
-    k = view_count(options.views)
-    words = -(-method_bits(options.method, options.hash_size) // 64)
-    codes = np.zeros((source.n, k, words), np.uint64)
-    valid = np.zeros(source.n, bool)
-    failures: list = []
-    from tqdm.auto import tqdm
-
-    bar = tqdm(total=source.n, disable=not (options.progress and source.n >= 1000), unit="img",
-               desc=f"{options.method} {options.views} views")
-    with bar:
-        for start in range(0, source.n, _BATCH):
-            stop = min(source.n, start + _BATCH)
-            items, pos = _items(source, start, stop, options.on_error, failures)
-            if len(pos):
-                try:
-                    got, ok, fails = view_codes(items, options.views, options.method, options.hash_size,
-                                                fit=options.fit, on_error=options.on_error)
-                except ImageDecodeError as exc:  # its index counts in this batch: make it the dataset's
-                    if exc.index is None:
-                        raise
-                    raise ImageDecodeError(_named(exc.source, exc.index, pos), exc.reason,
-                                           int(pos[exc.index])) from exc
-                codes[pos] = got
-                valid[pos] = ok
-                failures += [(int(pos[i]), _named(s, i, pos), r) for i, s, r in fails]
-            bar.update(stop - start)
-    failures.sort(key=lambda f: f[0])
-    written = None
-    if path is not None:
-        meta = {**_expect(source, options), "on_error": options.on_error, "source": source.description,
-                "failures": [list(f) for f in failures]}
-        try:
-            written = write_store(path, _KIND, meta, {"codes": codes, "valid": valid.astype(np.uint8)})
-        except OSError as exc:
-            logger.warning("could not write view codes file %s (%s); they will be computed again next time. "
-                           "Pass cache_dir= to a writable folder.", path, exc)
-    logger.debug("view codes of %s: %d items x %d views, %d failed, stored in %s", source.description, source.n, k,
-                 len(failures), written)
-    return DatasetViews(codes, valid, tuple(failures), options.views, written, False)
+    codes, valid, failures = view_codes_range(source, options, 0, source.n,
+                                              progress=options.progress and source.n >= 1000)
+    return store_views(path, source, options, codes, valid, failures)

@@ -24,13 +24,14 @@ import torch.distributed as dist
 
 from .dataset_fits import dataset_fit, fit_file_for, fit_source, load_fit, needs_fit
 from .dataset_hashes import DatasetHashes, hash_source_range, look_up_hashes, store_cached
+from .dataset_views import DatasetViews, look_up_views, store_views, view_codes_range
 from .errors import DedupError, EmptyDedupError, ImageDecodeError
 from .hashing import ColourDctFit
 from .hashing.api import HashResult
 from .options import DedupOptions
 
-__all__ = ["agree", "cores_per_rank", "hash_dataset_distributed", "hash_dataset_distributed_with", "is_distributed",
-           "with_fit_distributed"]
+__all__ = ["agree", "cores_per_rank", "dataset_views_distributed", "hash_dataset_distributed",
+           "hash_dataset_distributed_with", "is_distributed", "with_fit_distributed"]
 
 logger = logging.getLogger(__name__)
 
@@ -292,3 +293,58 @@ def with_fit_distributed(ds, options: DedupOptions, group=None) -> DedupOptions:
         raise _rebuild(payload, 0, f"fitting {options.method}") from error
     arrays, meta = payload
     return options.replace(fit=ColourDctFit.from_arrays(arrays, meta))
+
+
+def dataset_views_distributed(ds, options: DedupOptions, group=None) -> DatasetViews:
+    """:func:`~torch_dedup.dataset_views.dataset_views` as a collective: each rank codes a share.
+
+    Call it on every rank with the same dataset and options (the fit already shared). When
+    every rank reads the same current view codes file, each does; otherwise rank ``r`` codes
+    the views of items ``[r*N//W, (r+1)*N//W)``, the shares are all-gathered, rank 0 writes the
+    file, and a barrier follows. Every rank returns the same codes. A failure on any rank (an
+    unreadable item with ``on_error="raise"``, a file that cannot be written) is raised on
+    every rank.
+
+    Raises:
+        As :func:`~torch_dedup.dataset_views.dataset_views`, on every rank; DedupError when
+        the ranks see datasets of different lengths or fingerprints.
+    """
+    world, rank = dist.get_world_size(group), dist.get_rank(group)
+    source = path = found = error = None
+    try:
+        source, path, found = look_up_views(ds, options)
+    except Exception as exc:  # noqa: BLE001 - re-raised below on every rank, never swallowed
+        error = exc
+    info = None if source is None else (source.n, source.fingerprint, found is not None)
+    seen = _gather((info, None if error is None else _portable(error)), group)
+    _raise_if_any_failed([e for _, e in seen], error, "reading the view codes")
+    idents = [x[:2] for x, _ in seen]
+    if len(set(idents)) != 1:
+        raise DedupError(f"ranks see different datasets (length, fingerprint) per rank: {idents}; every rank "
+                         f"must plan over the same data")
+    if all(x[2] for x, _ in seen):
+        return found
+    start, stop = rank * source.n // world, (rank + 1) * source.n // world
+    part = None
+    try:
+        part = view_codes_range(source, options, start, stop, progress=options.progress and rank == 0)
+    except Exception as exc:  # noqa: BLE001 - re-raised below on every rank, never swallowed
+        error = exc
+    parts = _gather((None, None, None, _portable(error)) if error is not None else (*part, None), group)
+    _raise_if_any_failed([p[3] for p in parts], error, "coding the views")
+    codes = np.concatenate([p[0] for p in parts])
+    valid = np.concatenate([p[1] for p in parts])
+    failures = [f for p in parts for f in p[2]]
+    result, error = None, None
+    if rank == 0:
+        try:
+            result = store_views(path, source, options, codes, valid, failures)
+        except Exception as exc:  # noqa: BLE001 - sent to every rank below, so none waits forever
+            error = exc
+    box = [(None if result is None or result.path is None else str(result.path),
+            None if error is None else _portable(error))]
+    dist.broadcast_object_list(box, src=_root_src(group), group=group)
+    _raise_if_any_failed([box[0][1]], error, "writing the view codes")
+    dist.barrier(group=group)
+    return DatasetViews(codes, valid, tuple(failures), options.views,
+                        None if box[0][0] is None else Path(box[0][0]), False)

@@ -77,7 +77,7 @@ class DedupOptions:
             crop and 4 small rotations), with the same method: two items' distance is the
             smallest between one's own code and the other's own code or views, so copies
             shifted, cropped or turned a little are found (docs/hashing.md, "Views"). About
-            10x the hashing work after the decode; one process (not under DDP); no
+            10x the hashing work after the decode (under DDP each rank codes a share); no
             ``fast_decode`` or ``embed``.
         fit: for ``method="colour_dct"``, the :class:`~torch_dedup.hashing.ColourDctFit`
             to code with; ``None`` (default) fits on the dataset once and stores the fit

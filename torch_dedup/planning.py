@@ -80,6 +80,14 @@ def _fitter(distributed: bool, group):
     return lambda ds, options: with_fit_distributed(ds, options, group)
 
 
+def _viewer(collective: bool, group):
+    """The view coding of this call: a share per rank (a collective), or all in this process."""
+    if not collective:
+        return dataset_views
+    from .distributed_hashing import dataset_views_distributed
+    return lambda ds, options: dataset_views_distributed(ds, options, group)
+
+
 def _together(collective: bool, group):
     """``run(fn, what)``: ``fn()`` here, or through :func:`~torch_dedup.distributed_hashing.agree` under DDP."""
     if not collective:
@@ -144,12 +152,6 @@ def plan_with(ds, options: DedupOptions, *, distributed: bool | str = "auto", gr
     """
     t0 = time.perf_counter()
     collective = _use_distributed(distributed, group)
-    if options.views is not None and collective:
-        # every rank raises here, before any collective: none is left waiting
-        raise ValueError(f"views={options.views!r} is planned in one process, not as a torch.distributed collective: "
-                         f"plan once (plan_dataset(ds, ..., views={options.views!r}, distributed=False) before "
-                         f"init_process_group, or on every rank), save it (plan.save(path)) and pass plan=path to "
-                         f"DedupSampler/DedupDataset on every rank")
     hasher = _hasher(collective, group)
     # Cheap checks first: a bad option should fail before minutes of hashing.
     labels = options.labels if options.labels is not None else (None if collective else labels_of(ds))
@@ -170,7 +172,9 @@ def plan_with(ds, options: DedupOptions, *, distributed: bool | str = "auto", gr
         # dataset and its against= sets are then coded in the same space.
         options = _fitter(collective, group)(ds, options)
         dh = hasher(ds, options)
-    views = dataset_views(ds, options) if options.views is not None else None
+    views = None
+    if options.views is not None:
+        views = _viewer(collective, group)(ds, options)
     # Under DDP every rank runs the steps below by itself on the shared hashes; a failure on
     # one rank (a priority= that raises, out of memory) must reach every rank, never leave
     # the others waiting in their next collective.
