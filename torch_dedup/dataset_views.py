@@ -7,8 +7,9 @@ with the same method (and, for ``colour_dct``, the dataset's fit), and plans wit
 cropped is near one of the original's views though far from its own code. The view codes are
 stored in a checked file beside the sidecars, keyed on the source's fingerprint, the fit's
 fingerprint, the view set and its version; a stale, corrupt or edited file is a WARNING and
-a recomputation. One process: under ``torch.distributed`` planning with views is refused
-(:mod:`torch_dedup.planning` says how to plan once and share the plan).
+a recomputation. :func:`dataset_views` codes in this process;
+:func:`torch_dedup.distributed_hashing.dataset_views_distributed` is the same as a
+``torch.distributed`` collective (a share per rank, one file).
 """
 
 from __future__ import annotations
