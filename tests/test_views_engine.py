@@ -171,6 +171,10 @@ def test_bad_views_and_too_many_pairs_are_refused_with_the_fix():
         find_duplicates_views(h, np.zeros((5, 2), np.uint64))
     with pytest.raises(ValueError, match="uint64"):
         find_duplicates_views(h, np.zeros((5, 1, 2), np.int64))
-    many = np.zeros(3000, np.uint64)                   # 4.5M pairs at distance 0
-    with pytest.raises(ValueError, match="item pairs at threshold 0 on 64-bit hashes are .* memory_limit="):
+    many = np.zeros(3000, np.uint64)                   # 4.5M pairs at distance 0: refused before the search
+    with pytest.raises(ValueError, match=r"item pairs at threshold 0 on 64-bit hashes are about .* \(estimated"):
         find_duplicates_views(many, many[:, None], 0, memory_limit=1 << 20)
+    few = np.random.default_rng(0).integers(0, 2**64, 3000, dtype=np.uint64)
+    few[:1500] = 0                                     # a tight group the 2,048-row sample may miss: the hard cap
+    with pytest.raises(ValueError, match="memory_limit="):
+        find_duplicates_views(few, few[:, None], 0, memory_limit=1 << 20)

@@ -38,7 +38,7 @@ from ._key_graph import (
     _refuse,
     _warn_threshold,
 )
-from .search import hamming_pairs, popcount64
+from .search import _pair_fraction, hamming_pairs, popcount64
 
 __all__ = ["find_duplicates_views", "view_distances"]
 
@@ -148,10 +148,15 @@ def find_duplicates_views(hashes, views, threshold=6, *, policy="greedy", priori
     owner = np.repeat(np.arange(nv, dtype=np.int64), n_views)
 
     def search(x, y, what):
-        got = hamming_pairs(x, search_t, y, workers=workers) if len(x) and (y is None or len(y)) else None
-        if got is None:
+        if not len(x) or (y is not None and not len(y)):
             e = np.zeros(0, np.int64)
             return e, e, e
+        if cap is not None:  # estimated from a sample first: the search itself holds every pair
+            n_pairs = len(x) * (len(x) - 1) / 2 if y is None else len(x) * len(y)
+            est = _pair_fraction(x, y, search_t) * n_pairs
+            if est > cap:
+                _refuse(what, int(est), False, search_t, a.bits, memory_limit, True)
+        got = hamming_pairs(x, search_t, y, workers=workers)
         if cap is not None and len(got.distances) > cap:
             _refuse(what, len(got.distances), True, search_t, a.bits, memory_limit)
         return got.pairs[:, 0].astype(np.int64), got.pairs[:, 1].astype(np.int64), got.distances.astype(np.int64)
