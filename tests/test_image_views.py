@@ -283,3 +283,29 @@ def test_view_codes_of_colour_dct_are_its_fit_on_the_view_features():
     np.testing.assert_array_equal(codes, fit.codes(feats.reshape(-1, feats.shape[2])).reshape(40, 13, 4))
     with pytest.raises(ValueError, match="needs fit="):
         view_codes(stack, "shift", "colour_dct", 16)
+
+
+def test_large_images_are_coded_one_by_one_with_the_same_bits(tmp_path):
+    """Images of at least 64x64 pixels skip the batch (bounded memory): the same features and codes."""
+    from PIL import Image
+
+    from torch_dedup.hashing import hash_array, view_codes
+
+    rng = np.random.default_rng(11)
+    big = [rng.integers(0, 256, (70 + 3 * i, 90, 3), dtype=np.uint8) for i in range(3)]
+    small = [rng.integers(0, 256, (32, 32, 3), dtype=np.uint8) for _ in range(2)]
+    items = [big[0], small[0], big[1], small[1], big[2]]
+    paths = []
+    for i, a in enumerate(items):
+        paths.append(str(tmp_path / f"{i}.png"))
+        Image.fromarray(a).save(paths[-1])
+    feats = colour_dct_features(paths)
+    for i, a in enumerate(items):
+        assert np.array_equal(feats[i].view(np.uint32), colour_dct_features(a[None])[0].view(np.uint32))
+    vf, valid, _ = colour_dct_view_features(paths, "shift")
+    codes, _, _ = view_codes(paths, "shift", "phash", 8)
+    for i, a in enumerate(items):
+        for k, v in enumerate(image_views(a, "shift")):
+            assert np.array_equal(vf[i, k].view(np.uint32), colour_dct_features(v[None])[0].view(np.uint32))
+            assert codes[i, k, 0] == hash_array(v[None], "phash", 8)[0]
+    assert valid.all()

@@ -48,6 +48,8 @@ COLOUR_DCT_DIMS = (_Y_KEEP * _Y_KEEP - 1) + 2 * (_C_KEEP * _C_KEEP - 1)
 _STEP = 4096
 #: Stacks at least this long use numba's threads (below, starting them costs more).
 _PARALLEL_MIN = 2048
+#: Images of at least this many pixels are featured one by one as they are read, not stacked.
+_ALONE_PIXELS = 64 * 64
 _GREY_MODES = frozenset({"1", "L", "LA", "La", "I", "I;16", "I;16B", "I;16L", "I;16N", "F"})
 
 
@@ -246,6 +248,11 @@ def colour_dct_features(images, *, progress: bool = False) -> np.ndarray:
             groups: dict[tuple, list[tuple[int, np.ndarray]]] = {}
             for i in range(start, stop):
                 pixels = _item_pixels(items[i], i)
+                if pixels.shape[0] * pixels.shape[1] >= _ALONE_PIXELS:
+                    # a large image: featured at once, while its pixels are still in cache, and
+                    # never copied into a stack (the same kernel: the same features bit for bit)
+                    _stack_features(pixels[None], out[i:i + 1])
+                    continue
                 groups.setdefault(pixels.shape, []).append((i, pixels))
             for group in groups.values():
                 idx = [i for i, _ in group]

@@ -27,6 +27,7 @@ from torch_dedup._checks import check_bool, check_int, check_on_error
 from torch_dedup.errors import ImageDecodeError
 from torch_dedup.hashing._inputs import is_torch_tensor, tensor_to_numpy, validate_stack
 from torch_dedup.hashing.colour_dct import (
+    _ALONE_PIXELS,
     COLOUR_DCT_DIMS,
     _channels,
     _item_pixels,
@@ -328,6 +329,10 @@ def _per_view(images, name, on_error, progress, batch_size, width, dtype, fn, de
                         raise
                     valid[i] = False
                     failures.append((i, exc.source, exc.reason))
+                    continue
+                if pixels.shape[0] * pixels.shape[1] >= _ALONE_PIXELS:
+                    # a large image: its views coded at once, never held with a batch of others
+                    _stack_view_rows(pixels[None], definitions, fn, feats[i:i + 1])
                     continue
                 groups.setdefault(pixels.shape, []).append((i, pixels))
             while groups:  # one shape at a time, its items' pixels let go once stacked
