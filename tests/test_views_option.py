@@ -117,6 +117,12 @@ def test_a_subset_and_the_sampler_follow_the_views_plan(folders, tmp_path):
     assert sorted(sampler.kept_indices.tolist()) == np.flatnonzero(plan.keep).tolist()
     assert plan.n_kept == len(sub) - 1                     # the shifted copy falls to its original
     DedupSampler(sub, plan=plan, options=opts)             # the same settings: followed
+    one_line = DedupSampler(sub, threshold=22, method="colour_dct", hash_size=16, views="shift", cache_dir=tmp_path,
+                            progress=False)
+    assert sorted(one_line.kept_indices.tolist()) == np.flatnonzero(plan.keep).tolist()
+    from torch_dedup import DedupDataset
+    assert len(DedupDataset(sub, threshold=22, method="colour_dct", hash_size=16, views="shift",
+                            cache_dir=tmp_path, progress=False)) == plan.n_kept
     with pytest.raises(ValueError, match=r"views='shift' \(the plan has None\)"):
         DedupSampler(sub, plan=plan_dataset(sub, options=opts.replace(views=None), distributed=False),
                      options=opts)

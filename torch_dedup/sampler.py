@@ -163,6 +163,9 @@ class DedupSampler(DistributedSampler):
             read through ``image_fn`` or ``ds[i]`` (they have no cheap automatic fingerprint).
         workers: decode processes for image files (``None``: automatic, in-process for
             small datasets; under DDP this node's cores divided among its ranks).
+        views: ``"shift"`` (or ``"shift+rotate"``): also code shifted and cropped views of
+            every item, so shifted or cropped copies are found (``DedupOptions.views``;
+            docs/hashing.md, "Views").
         options: all the dedup settings above as one :class:`~torch_dedup.options.DedupOptions`
             (then leave the individual settings at their defaults).
         shuffle: shuffle the kept indices every epoch (``False``: dataset order).
@@ -205,7 +208,7 @@ class DedupSampler(DistributedSampler):
                  policy: str = "greedy", per_class: bool = False, labels=None, priority=None,
                  against=None, image_fn=None, cache_dir: str | os.PathLike | None = None,
                  on_error: str = "raise", fingerprint: str | None = None, workers: int | None = None,
-                 options: DedupOptions | None = None, shuffle: bool = True, seed: int = 0,
+                 views: str | None = None, options: DedupOptions | None = None, shuffle: bool = True, seed: int = 0,
                  num_replicas: int | None = None, rank: int | None = None, drop_last: bool = False,
                  plan=None, progress: bool = True, shard: bool | None = None) -> None:
         # Validate the cheap arguments before any hashing starts.
@@ -217,7 +220,7 @@ class DedupSampler(DistributedSampler):
             raise ValueError(f"seed={seed!r} must be an int (the same on every rank).")
         given = dict(threshold=threshold, method=method, hash_size=hash_size, policy=policy, per_class=per_class,
                      labels=labels, priority=priority, against=against, image_fn=image_fn, cache_dir=cache_dir,
-                     on_error=on_error, progress=progress, fingerprint=fingerprint, workers=workers)
+                     on_error=on_error, progress=progress, fingerprint=fingerprint, workers=workers, views=views)
         options = options_from(options, given, type(self).__name__)
         resolved = resolve_plan(ds, options, plan=plan, owner=type(self).__name__)
         if fixed is None and not (dist.is_available() and dist.is_initialized()) \
