@@ -29,12 +29,10 @@ class FusedHashes(DatasetHashes):
     Attributes (besides the base class's):
         fusion: the :class:`~torch_dedup.hashing.fusion.Fusion` (layout, scales, repeats).
         embed_fit: the embedding part's :class:`~torch_dedup.hashing.EmbeddingFit`.
-        parts: the two halves as they were coded (the method's hashes, the embedding codes).
     """
 
     fusion: Fusion | None = None
     embed_fit: EmbeddingFit | None = None
-    parts: tuple = ()
 
 
 def fuse_hashes(hashed: DatasetHashes, embedded: EmbeddingHashes, *, method: str, hash_size: int, bits: int,
@@ -71,6 +69,5 @@ def fuse_hashes(hashed: DatasetHashes, embedded: EmbeddingHashes, *, method: str
             "embed": {k: embedded.meta.get(k) for k in ("bits", "model_fingerprint", "fit_fingerprint", "transform",
                                                          "dims", "sidecar", "embed_version")}}
     return FusedHashes(codes, valid, failures, hashed.labels, hashed.fingerprint, meta, hashed.sidecar_path,
-                       hashed.from_cache and embedded.from_cache, fusion=fusion, embed_fit=embedded.fit,
-                       parts=(hashed.hashes, embedded.hashes))
+                       hashed.from_cache and embedded.from_cache, fusion=fusion, embed_fit=embedded.fit)
 

@@ -64,27 +64,35 @@ def _pair_sample(n_valid: int, pairs: int, seed: int) -> tuple[np.ndarray, np.nd
     return i, j + (j >= i)                       # uniform over the other rows
 
 
-def pair_quantile(codes, valid=None, *, quantile: float = FUSION_QUANTILE, pairs: int = FUSION_PAIRS,
-                  seed: int = FUSION_SEED) -> float:
+def _pair_distances(parts, valid) -> list[np.ndarray] | None:
+    """Each part's Hamming distances over the same seeded random pairs of valid rows (``None``: < 2 rows)."""
+    rows = [_rows(p, f"part {k}") for k, p in enumerate(parts)]
+    idx = np.arange(len(rows[0])) if valid is None else np.flatnonzero(np.asarray(valid, dtype=bool))
+    if len(idx) < 2:
+        return None
+    i, j = _pair_sample(len(idx), FUSION_PAIRS, FUSION_SEED)
+    return [_distances(r[idx[i]], r[idx[j]]) for r in rows]
+
+
+def _scale(d: np.ndarray | None, quantile: float = FUSION_QUANTILE) -> float:
+    return 1.0 if d is None else max(1.0, float(np.quantile(d, quantile)))
+
+
+def pair_quantile(codes, valid=None, *, quantile: float = FUSION_QUANTILE) -> float:
     """The ``quantile`` of Hamming distances between random pairs of distinct valid rows, at least 1.
 
-    Pairs are drawn with ``numpy.random.default_rng(seed)`` (with replacement, never a row with
-    itself), so the same codes always give the same value. Fewer than two valid rows give 1.0.
-    The floor of 1 keeps a set whose random pairs are mostly exact duplicates from weighting
-    its part without bound.
+    :data:`FUSION_PAIRS` pairs are drawn with ``numpy.random.default_rng(FUSION_SEED)`` (with
+    replacement, never a row with itself), so the same codes always give the same value. Fewer
+    than two valid rows give 1.0. The floor of 1 keeps a set whose random pairs are mostly exact
+    duplicates from weighting its part without bound.
 
     Example:
         >>> import numpy as np
         >>> pair_quantile(np.array([0, 1, 3, 7], dtype=np.uint64), quantile=0.5) >= 1.0
         True
     """
-    rows = _rows(codes, "codes")
-    idx = np.arange(len(rows)) if valid is None else np.flatnonzero(np.asarray(valid, dtype=bool))
-    if len(idx) < 2:
-        return 1.0
-    i, j = _pair_sample(len(idx), pairs, seed)
-    d = _distances(rows[idx[i]], rows[idx[j]])
-    return max(1.0, float(np.quantile(d, quantile)))
+    got = _pair_distances([codes], valid)
+    return _scale(None if got is None else got[0], quantile)
 
 
 @dataclass(frozen=True)
@@ -174,7 +182,8 @@ def fit_fusion(parts, bits, valid=None) -> Fusion:
     if len(parts) != len(bits) or len(parts) < 2:
         raise ValueError(f"fit_fusion needs two or more parts with a bit length each, got {len(parts)} parts and "
                          f"{len(bits)} lengths")
-    scales = tuple(pair_quantile(p, valid) for p in parts)
+    dists = _pair_distances(parts, valid)          # one draw of pairs serves the scales and `chance`
+    scales = tuple(_scale(None if dists is None else d) for d in dists or [None] * len(parts))
     best = None
     for reps in itertools.product(range(1, MAX_REPEAT + 1), repeat=len(parts)):
         if math.gcd(*reps) != 1:
@@ -184,12 +193,9 @@ def fit_fusion(parts, bits, valid=None) -> Fusion:
         if best is None or rank < best[0]:
             best = (rank, f)
     fusion = best[1]
-    idx = np.arange(len(_rows(parts[0], "part 0"))) if valid is None else np.flatnonzero(valid)
-    if len(idx) < 2:
+    if dists is None:
         return fusion
-    i, j = _pair_sample(len(idx), FUSION_PAIRS, FUSION_SEED)
-    rows = [_rows(p, f"part {k}") for k, p in enumerate(parts)]
-    d = sum(r * _distances(p[idx[i]], p[idx[j]]) for r, p in zip(fusion.repeats, rows))
+    d = sum(r * dk for r, dk in zip(fusion.repeats, dists))
     # the smallest distance with at least CHANCE_SHARE of the random pairs at or below it
     chance = int(np.sort(d)[max(0, math.ceil(CHANCE_SHARE * len(d)) - 1)])
     return Fusion(fusion.bits, fusion.scales, fusion.repeats, chance)
